@@ -1,0 +1,9 @@
+//! agentmon: kernel-level guardrails and a flight recorder for AI coding
+//! agents. This library holds everything the `agentmon` binary does; the
+//! binary itself is a thin CLI over it.
+
+pub mod cgroup;
+pub mod daemon;
+pub mod doctor;
+pub mod event;
+pub mod kernel;
