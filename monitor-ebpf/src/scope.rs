@@ -24,7 +24,7 @@ pub fn current() -> Option<Scope> {
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let ancestor = unsafe { bpf_get_current_ancestor_cgroup_id(global_u32(&SESSION_LEVEL) as i32) };
     // SAFETY: the value is copied out immediately.
-    let in_session = ancestor != 0 && unsafe { SESSIONS.get(&ancestor) }.is_some();
+    let in_session = ancestor != 0 && unsafe { SESSIONS.get(ancestor) }.is_some();
     if in_session {
         return Some(Scope {
             cgroup_id,

@@ -1,1 +1,68 @@
-fn main() {}
+//! agentmon's build, setup and test driver: `cargo xtask <command>`.
+
+mod build;
+mod setup;
+mod test;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Build, set up and test agentmon")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the build and the tests need (idempotent).
+    Setup {
+        /// Also install what the VM tier needs (qemu, busybox, cpio).
+        #[arg(long)]
+        vm: bool,
+    },
+    /// Build the eBPF object only.
+    BuildEbpf,
+    /// Build the eBPF object and the agentmon binary (release).
+    Build {
+        /// Build agentmon in debug mode.
+        #[arg(long)]
+        debug: bool,
+    },
+    /// Build and run the daemon in the foreground, printing live events of
+    /// every process on the host.
+    Run {
+        /// Extra arguments for `agentmon daemon`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run every test tier: lint, unit, host integration (root), VM.
+    Test(test::TestArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Setup { vm } => setup::run(setup::Needs { vm }),
+        Cmd::BuildEbpf => build::ebpf(),
+        Cmd::Build { debug } => build::all(!debug).map(|_| ()),
+        Cmd::Run { args } => {
+            setup::run(setup::Needs { vm: false })?;
+            let bin = build::all(true)?;
+            // The daemon loads eBPF programs: run it through sudo when not root.
+            let mut cmd = match util::sudo_prefix() {
+                Some(sudo) => {
+                    let mut c = std::process::Command::new(sudo);
+                    c.arg(&bin);
+                    c
+                }
+                None => std::process::Command::new(&bin),
+            };
+            cmd.args(["daemon", "--stdout", "--scope", "all"])
+                .args(args);
+            util::sh(&mut cmd)
+        }
+        Cmd::Test(args) => test::run(args),
+    }
+}
