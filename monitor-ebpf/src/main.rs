@@ -8,8 +8,14 @@
 #![no_main]
 
 mod exec;
+mod file;
+mod header;
+mod kread;
 mod maps;
+mod net;
+mod path;
 mod probe;
+mod process;
 mod scope;
 
 #[cfg(not(test))]

@@ -1,7 +1,9 @@
 //! The `agentmon` command line.
 
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand, ValueEnum};
-use monitor::{daemon, doctor, kernel::loader::LoadOptions};
+use monitor::{client, control, daemon, doctor, kernel::loader::LoadOptions};
 use monitor_common::scope;
 
 #[derive(Parser)]
@@ -11,6 +13,9 @@ use monitor_common::scope;
     about = "Kernel-level guardrails and a flight recorder for AI coding agents"
 )]
 struct Cli {
+    /// Control socket path.
+    #[arg(long, global = true, env = "AGENTMON_SOCKET", default_value = control::DEFAULT_SOCKET)]
+    socket: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -24,6 +29,12 @@ enum Scope {
 }
 
 #[derive(Subcommand)]
+enum HookAgent {
+    /// For Codex `hooks.json` / managed hooks: attach Codex's session id.
+    Codex,
+}
+
+#[derive(Subcommand)]
 enum Cmd {
     /// Run the daemon in the foreground.
     Daemon {
@@ -33,6 +44,39 @@ enum Cmd {
         /// Which processes to observe.
         #[arg(long, value_enum, default_value_t = Scope::Sessions)]
         scope: Scope,
+        /// Group whose members (besides root) may create sessions.
+        #[arg(long)]
+        group: Option<String>,
+        /// Parent cgroup of all sessions, below the cgroup2 mount.
+        #[arg(long, default_value = "agentmon")]
+        cgroup_parent: String,
+    },
+    /// Run a command in a new agentmon session (the exit code passes through).
+    Run {
+        /// Session id (default: a new UUIDv7).
+        #[arg(long)]
+        session: Option<String>,
+        /// Policy name.
+        #[arg(long)]
+        policy: Option<String>,
+        /// Workspace directory (default: the current directory).
+        #[arg(long)]
+        workspace: Option<String>,
+        /// Do not print the session id on stderr.
+        #[arg(long, short)]
+        quiet: bool,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Agent hooks: read a hook payload on stdin.
+    Hook {
+        #[command(subcommand)]
+        agent: HookAgent,
+    },
+    /// Live backends, sessions and loss counters of the running daemon.
+    Status {
+        #[arg(long)]
+        json: bool,
     },
     /// Report what this kernel supports, from real load attempts.
     Doctor {
@@ -46,7 +90,12 @@ fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Daemon { stdout, scope } => {
+        Cmd::Daemon {
+            stdout,
+            scope,
+            group,
+            cgroup_parent,
+        } => {
             let load = LoadOptions {
                 scope_mode: match scope {
                     Scope::Sessions => scope::SESSIONS,
@@ -55,8 +104,37 @@ fn main() -> anyhow::Result<()> {
                 ..LoadOptions::default()
             };
             let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(daemon::run(daemon::DaemonOptions { stdout, load }))
+            rt.block_on(daemon::run(daemon::DaemonOptions {
+                stdout,
+                load,
+                socket: cli.socket,
+                group,
+                cgroup_parent,
+            }))
         }
+        Cmd::Run {
+            session,
+            policy,
+            workspace,
+            quiet,
+            command,
+        } => {
+            let code = client::run(
+                &cli.socket,
+                client::RunArgs {
+                    session,
+                    policy,
+                    workspace,
+                    quiet,
+                    command,
+                },
+            );
+            std::process::exit(code)
+        }
+        Cmd::Hook {
+            agent: HookAgent::Codex,
+        } => std::process::exit(client::hook_codex(&cli.socket)),
+        Cmd::Status { json } => client::status(&cli.socket, json),
         Cmd::Doctor { json } => {
             let report = doctor::run();
             if json {

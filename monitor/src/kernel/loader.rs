@@ -1,7 +1,7 @@
 //! Loading the embedded eBPF object with this kernel's offsets.
 
 use aya::{programs::TracePoint, Ebpf, EbpfLoader};
-use monitor_common::{scope, KernelOffsets};
+use monitor_common::{scope, KernelOffsets, TracepointOffsets};
 
 use super::{btf::KernelBtf, tracefs};
 
@@ -22,6 +22,12 @@ pub enum LoadError {
     Tracefs(#[from] tracefs::TracefsError),
     #[error("loading the eBPF object failed: {0}")]
     Load(#[from] aya::EbpfError),
+    #[error("cannot open cgroup {path}: {source}")]
+    Cgroup {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("program `{name}` is missing from the eBPF object")]
     NoProgram { name: String },
     #[error("program `{name}`: {source}")]
@@ -54,7 +60,7 @@ impl Default for LoadOptions {
 #[derive(Clone, Copy, Debug)]
 pub struct KernelLayout {
     pub offsets: KernelOffsets,
-    pub exec_filename_loc: u32,
+    pub tracepoints: TracepointOffsets,
 }
 
 impl KernelLayout {
@@ -62,7 +68,10 @@ impl KernelLayout {
         let btf = KernelBtf::from_file(super::btf::VMLINUX_BTF)?;
         Ok(Self {
             offsets: btf.kernel_offsets()?,
-            exec_filename_loc: tracefs::field_offset("sched", "sched_process_exec", "filename")?,
+            tracepoints: TracepointOffsets {
+                exec_filename: tracefs::field_offset("sched", "sched_process_exec", "filename")?,
+                sys_exit_ret: tracefs::field_offset("syscalls", "sys_exit_openat", "ret")?,
+            },
         })
     }
 }
@@ -74,16 +83,84 @@ pub fn load(layout: &KernelLayout, opts: &LoadOptions) -> Result<Ebpf, LoadError
     }
     let ebpf = EbpfLoader::new()
         .override_global("OFFSETS", &layout.offsets, true)
-        .override_global("TP_EXEC_FILENAME_LOC", &layout.exec_filename_loc, true)
+        .override_global("TP", &layout.tracepoints, true)
         .override_global("SCOPE_MODE", &opts.scope_mode, true)
         .override_global("SESSION_LEVEL", &opts.session_level, true)
         .load(EBPF_OBJECT)?;
     Ok(ebpf)
 }
 
-/// Loads and attaches the observation programs that every kernel runs.
+/// Classic tracepoints attached on every kernel: (program, category, name).
+pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("sched_process_exec", "sched", "sched_process_exec"),
+    ("sched_process_exit", "sched", "sched_process_exit"),
+    ("sys_exit_openat", "syscalls", "sys_exit_openat"),
+    ("sys_exit_openat2", "syscalls", "sys_exit_openat2"),
+    ("sys_exit_open", "syscalls", "sys_exit_open"),
+    ("sys_exit_creat", "syscalls", "sys_exit_creat"),
+    (
+        "sys_exit_open_by_handle_at",
+        "syscalls",
+        "sys_exit_open_by_handle_at",
+    ),
+];
+
+/// cgroup sock_addr programs attached to the agentmon parent cgroup.
+pub const SOCK_ADDR: &[&str] = &["connect4", "connect6", "sendmsg4", "sendmsg6"];
+
+/// Loads and attaches the observation programs that every kernel runs:
+/// tracepoints and the fork tp_btf program. The cgroup programs are
+/// attached by [`attach_cgroup`] once the agentmon cgroup exists.
 pub fn attach_observers(ebpf: &mut Ebpf) -> Result<(), LoadError> {
-    attach_tracepoint(ebpf, "sched_process_exec", "sched", "sched_process_exec")
+    for (prog, cat, name) in TRACEPOINTS {
+        attach_tracepoint(ebpf, prog, cat, name)?;
+    }
+    let btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::Program {
+        name: "sched_process_fork".into(),
+        source: aya::programs::ProgramError::Btf(e),
+    })?;
+    let prog = "sched_process_fork";
+    let err = |source| LoadError::Program {
+        name: prog.to_string(),
+        source,
+    };
+    let p: &mut aya::programs::BtfTracePoint = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| LoadError::NoProgram {
+            name: prog.to_string(),
+        })?
+        .try_into()
+        .map_err(err)?;
+    p.load("sched_process_fork", &btf).map_err(err)?;
+    p.attach().map_err(err)?;
+    Ok(())
+}
+
+/// Attaches the network programs to `cgroup` (the agentmon parent cgroup)
+/// with bpf links (which never exclude other programs), so every session
+/// cgroup below inherits them.
+pub fn attach_cgroup(ebpf: &mut Ebpf, cgroup: &std::path::Path) -> Result<(), LoadError> {
+    let dir = std::fs::File::open(cgroup).map_err(|e| LoadError::Cgroup {
+        path: cgroup.display().to_string(),
+        source: e,
+    })?;
+    for prog in SOCK_ADDR {
+        let err = |source| LoadError::Program {
+            name: prog.to_string(),
+            source,
+        };
+        let p: &mut aya::programs::CgroupSockAddr = ebpf
+            .program_mut(prog)
+            .ok_or_else(|| LoadError::NoProgram {
+                name: prog.to_string(),
+            })?
+            .try_into()
+            .map_err(err)?;
+        p.load().map_err(err)?;
+        p.attach(&dir, aya::programs::CgroupAttachMode::Single)
+            .map_err(err)?;
+    }
+    Ok(())
 }
 
 fn attach_tracepoint(
