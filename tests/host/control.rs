@@ -55,7 +55,7 @@ fn oversized_request_is_refused() {
     require_root!();
     let d = Daemon::start(&[]);
     let mut big = br#"{"op":"status","pad":""#.to_vec();
-    big.extend(std::iter::repeat(b'x').take(200 * 1024));
+    big.extend(std::iter::repeat_n(b'x', 200 * 1024));
     big.extend(b"\"}\n");
     assert_err(&raw(&d, &big), "too_large", "65536");
     d.status();
