@@ -14,6 +14,7 @@ pub mod kind {
     pub const EXIT: u16 = 3;
     pub const FILE_OPEN: u16 = 4;
     pub const NET_CONNECT: u16 = 5;
+    pub const FILE_OP: u16 = 6;
 }
 
 /// Header flags.
@@ -155,6 +156,45 @@ pub struct FileOpenEvent {
 }
 const _: () = assert!(core::mem::size_of::<FileOpenEvent>() == 80);
 
+/// A change to the file system (unlink, rename, mkdir, …), from syscall
+/// tracepoints: the audit trail of protected roots. Followed by `path1_len`
+/// bytes of the first path and `path2_len` bytes of the second (rename and
+/// link destinations; a symlink's target text). A relative name is joined
+/// to the canonical path of its directory fd or working directory at the
+/// syscall; the name itself is as the caller gave it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileOpEvent {
+    pub header: EventHeader,
+    /// The syscall's return value (0 or `-errno`).
+    pub ret: i64,
+    /// One of [`file_op`].
+    pub op: u16,
+    pub path1_len: u16,
+    pub path2_len: u16,
+    pub _pad: u16,
+    /// New mode (mkdir, chmod), or 0.
+    pub mode: u32,
+    /// Syscall flags (renameat2, linkat), or the truncate length's low bits.
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<FileOpEvent>() == 88);
+
+/// Operations carried in [`FileOpEvent::op`].
+pub mod file_op {
+    pub const UNLINK: u16 = 1;
+    pub const RMDIR: u16 = 2;
+    pub const MKDIR: u16 = 3;
+    pub const RENAME: u16 = 4;
+    pub const TRUNCATE: u16 = 5;
+    pub const CHMOD: u16 = 6;
+    pub const LINK: u16 = 7;
+    pub const SYMLINK: u16 = 8;
+}
+
+/// Largest name (user-supplied path string) read for a file operation.
+pub const MAX_NAME_BYTES: usize = 2048;
+
 /// Syscall numbers carried in [`FileOpenEvent::syscall`].
 pub mod open_syscall {
     pub const OPENAT: u16 = 1;
@@ -224,4 +264,5 @@ mod pod {
     unsafe impl aya::Pod for super::ExitEvent {}
     unsafe impl aya::Pod for super::FileOpenEvent {}
     unsafe impl aya::Pod for super::NetEvent {}
+    unsafe impl aya::Pod for super::FileOpEvent {}
 }

@@ -44,7 +44,7 @@ open_exit!(
 
 /// `current->files->fdt->fd[fd]`.
 #[inline(always)]
-fn fd_file(task: u64, fd: u32) -> Result<u64, i32> {
+pub fn fd_file(task: u64, fd: u32) -> Result<u64, i32> {
     let o = offsets();
     let files = kread::ptr(task, o.task_files)?;
     let fdt = kread::ptr(files, o.files_fdt)?;

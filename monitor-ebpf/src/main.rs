@@ -9,6 +9,7 @@
 
 mod exec;
 mod file;
+mod fileops;
 mod header;
 mod kread;
 mod maps;

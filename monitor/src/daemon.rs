@@ -186,6 +186,9 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let state = Arc::new(Mutex::new(state));
 
     let listener = bind_socket(&opts.socket, group_gid)?;
+    let socket_ino = std::fs::metadata(&opts.socket)
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .ok();
     let server_state = state.clone();
     tokio::spawn(async move {
         loop {
@@ -244,7 +247,15 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         st.counters.events,
         st.counters.decode_errors
     );
-    let _ = std::fs::remove_file(&opts.socket);
+    // Remove the socket only if it is still ours (a newer daemon may have
+    // replaced it).
+    if std::fs::metadata(&opts.socket)
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .ok()
+        == socket_ino
+    {
+        let _ = std::fs::remove_file(&opts.socket);
+    }
     Ok(())
 }
 

@@ -4,8 +4,8 @@
 //! [`DecodeError`] that the pipeline counts and reports.
 
 use monitor_common::{
-    kind, net_op, open_syscall, verdict, EventHeader, ExecEvent, ExitEvent, FileOpenEvent,
-    ForkEvent, NetEvent,
+    file_op, kind, net_op, open_syscall, verdict, EventHeader, ExecEvent, ExitEvent, FileOpEvent,
+    FileOpenEvent, ForkEvent, NetEvent,
 };
 use serde::Serialize;
 
@@ -94,6 +94,22 @@ pub struct FileOpen {
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct FileOp {
+    #[serde(flatten)]
+    pub common: Common,
+    /// `unlink`, `rmdir`, `mkdir`, `rename`, `truncate`, `chmod`, `link`, `symlink`.
+    pub op: &'static str,
+    pub path: String,
+    /// Rename/link destination, or a symlink's target text.
+    pub path2: Option<String>,
+    pub path_truncated: bool,
+    pub ret: i64,
+    /// Mode for mkdir/chmod (octal text).
+    pub mode: Option<String>,
+    pub flags: u32,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Net {
     #[serde(flatten)]
     pub common: Common,
@@ -113,6 +129,7 @@ pub enum Event {
     Exit(Exit),
     FileOpen(FileOpen),
     NetConnect(Net),
+    FileOp(FileOp),
 }
 
 impl Event {
@@ -123,6 +140,7 @@ impl Event {
             Event::Exit(e) => &e.common,
             Event::FileOpen(e) => &e.common,
             Event::NetConnect(e) => &e.common,
+            Event::FileOp(e) => &e.common,
         }
     }
 
@@ -133,6 +151,7 @@ impl Event {
             Event::Exit(_) => "exit",
             Event::FileOpen(_) => "file_open",
             Event::NetConnect(_) => "net_connect",
+            Event::FileOp(_) => "file_op",
         }
     }
 }
@@ -329,6 +348,38 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                     verdict::WOULD_DENY => "would_deny",
                     _ => "allowed",
                 },
+            }))
+        }
+        kind::FILE_OP => {
+            let e: FileOpEvent = read(bytes, "file operation record")?;
+            let tail = &bytes[std::mem::size_of::<FileOpEvent>()..];
+            let [p1, p2] = fields(
+                tail,
+                [e.path1_len as usize, e.path2_len as usize],
+                "file operation",
+                size,
+            )?;
+            let op = match e.op {
+                file_op::UNLINK => "unlink",
+                file_op::RMDIR => "rmdir",
+                file_op::MKDIR => "mkdir",
+                file_op::RENAME => "rename",
+                file_op::TRUNCATE => "truncate",
+                file_op::CHMOD => "chmod",
+                file_op::LINK => "link",
+                file_op::SYMLINK => "symlink",
+                _ => "unknown",
+            };
+            Ok(Event::FileOp(FileOp {
+                common,
+                op,
+                path: text(p1),
+                path2: (!p2.is_empty()).then(|| text(p2)),
+                path_truncated: h.flags & monitor_common::flags::PATH_TRUNCATED != 0,
+                ret: e.ret,
+                mode: matches!(e.op, file_op::MKDIR | file_op::CHMOD)
+                    .then(|| format!("{:o}", e.mode & 0o7777)),
+                flags: e.flags,
             }))
         }
         other => Err(DecodeError::UnknownKind(other)),

@@ -337,3 +337,63 @@ fn exec_event_for_marked_true_in_scope_all() {
         std::env::current_dir().unwrap().display().to_string()
     );
 }
+
+/// The protected-root audit trail: every kind of file-system change is an
+/// event with canonical paths and its result.
+#[test]
+fn file_changes_are_events_with_canonical_paths() {
+    require_root!();
+    let mut d = Daemon::start(&[]);
+    let m = marker("fileops");
+    let dir = std::env::temp_dir().join(format!("agentmon-{m}"));
+    std::fs::create_dir_all(dir.join(".git")).unwrap();
+    std::fs::write(dir.join(".git/config"), "x").unwrap();
+    let dir = dir.canonicalize().unwrap();
+    let script = "mkdir d && chmod 700 d && mv .git/config .git/c2 && ln -s / .git/x && ln .git/c2 hard \
+                  && truncate -s0 .git/c2 && rm -rf d .git/x && cd .git && rm c2 && rm nonexistent 2>/dev/null; true";
+    let st = d
+        .run_in_session(&m, &["sh", "-c", script])
+        .current_dir(&dir)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    d.wait_session_end(&m, T);
+    let p = |f: &str| format!("{}/{f}", dir.display());
+    let got: Vec<(String, String, Option<String>, i64)> = d
+        .session_events(&m)
+        .iter()
+        .filter(|v| v["kind"] == "file_op")
+        .map(|v| {
+            (
+                v["op"].as_str().unwrap().to_string(),
+                v["path"].as_str().unwrap().to_string(),
+                v["path2"].as_str().map(str::to_string),
+                v["ret"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let want = vec![
+        ("mkdir".to_string(), p("d"), None, 0),
+        ("chmod".into(), p("d"), None, 0),
+        ("rename".into(), p(".git/config"), Some(p(".git/c2")), 0),
+        ("symlink".into(), p(".git/x"), Some("/".to_string()), 0),
+        ("link".into(), p(".git/c2"), Some(p("hard")), 0),
+        ("truncate".into(), p(".git/c2"), None, 0),
+        ("rmdir".into(), p("d"), None, 0),
+        ("unlink".into(), p(".git/x"), None, 0),
+        ("unlink".into(), p(".git/c2"), None, 0),
+        (
+            "unlink".into(),
+            p(".git/nonexistent"),
+            None,
+            -(libc::ENOENT as i64),
+        ),
+    ];
+    // rm may stat/unlink in its own order; compare as sets of rows.
+    let mut g = got.clone();
+    g.sort();
+    let mut w = want.clone();
+    w.sort();
+    assert_eq!(g, w, "file operations: {got:#?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -105,6 +105,29 @@ pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// File-operation syscalls: an enter program each, one shared exit program.
+/// `true` marks syscalls that older kernels lack (skipped when absent).
+pub const FILEOP_SYSCALLS: &[(&str, bool)] = &[
+    ("unlinkat", false),
+    ("unlink", false),
+    ("rmdir", false),
+    ("mkdirat", false),
+    ("mkdir", false),
+    ("renameat2", false),
+    ("renameat", false),
+    ("rename", false),
+    ("truncate", false),
+    ("ftruncate", false),
+    ("fchmodat", false),
+    ("fchmodat2", true),
+    ("chmod", false),
+    ("fchmod", false),
+    ("linkat", false),
+    ("link", false),
+    ("symlinkat", false),
+    ("symlink", false),
+];
+
 /// cgroup sock_addr programs attached to the agentmon parent cgroup.
 pub const SOCK_ADDR: &[&str] = &["connect4", "connect6", "sendmsg4", "sendmsg6"];
 
@@ -115,6 +138,7 @@ pub fn attach_observers(ebpf: &mut Ebpf) -> Result<(), LoadError> {
     for (prog, cat, name) in TRACEPOINTS {
         attach_tracepoint(ebpf, prog, cat, name)?;
     }
+    attach_fileops(ebpf)?;
     let btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::Program {
         name: "sched_process_fork".into(),
         source: aya::programs::ProgramError::Btf(e),
@@ -158,6 +182,41 @@ pub fn attach_cgroup(ebpf: &mut Ebpf, cgroup: &std::path::Path) -> Result<(), Lo
             .map_err(err)?;
         p.load().map_err(err)?;
         p.attach(&dir, aya::programs::CgroupAttachMode::Single)
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
+fn attach_fileops(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+    let exit = "sys_exit_fileop";
+    let err = |source| LoadError::Program {
+        name: exit.to_string(),
+        source,
+    };
+    {
+        let p: &mut TracePoint = ebpf
+            .program_mut(exit)
+            .ok_or_else(|| LoadError::NoProgram {
+                name: exit.to_string(),
+            })?
+            .try_into()
+            .map_err(err)?;
+        p.load().map_err(err)?;
+    }
+    for (sys, optional) in FILEOP_SYSCALLS {
+        let enter = format!("sys_enter_{sys}");
+        if *optional && !tracefs::exists("syscalls", &enter) {
+            log::info!("syscall {sys} has no tracepoint on this kernel; skipped");
+            continue;
+        }
+        tracefs::check_syscall_args(&enter)?;
+        attach_tracepoint(ebpf, &enter, "syscalls", &enter)?;
+        let p: &mut TracePoint = ebpf
+            .program_mut(exit)
+            .expect("loaded above")
+            .try_into()
+            .map_err(err)?;
+        p.attach("syscalls", &format!("sys_exit_{sys}"))
             .map_err(err)?;
     }
     Ok(())
