@@ -202,6 +202,8 @@ pub mod open_syscall {
     pub const OPEN: u16 = 3;
     pub const CREAT: u16 = 4;
     pub const OPEN_BY_HANDLE_AT: u16 = 5;
+    /// Seen by the LSM `file_open` hook (any route, including io_uring).
+    pub const LSM: u16 = 6;
 }
 
 /// A connect or a UDP sendmsg destination, seen by the cgroup sock_addr

@@ -12,6 +12,7 @@ mod file;
 mod fileops;
 mod header;
 mod kread;
+mod lsm;
 mod maps;
 mod net;
 mod path;

@@ -68,6 +68,7 @@ struct State {
     counters: UserCounters,
     kernel_counters: PerCpuArray<MapData, u64>,
     probes: Vec<Probe>,
+    open_source: loader::OpenSource,
     group_gid: Option<u32>,
     cgroup2: PathBuf,
     out: Output,
@@ -128,7 +129,8 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             .map_err(|e| crate::doctor::error_chain(e)),
         Some(&cgroup2),
     );
-    tp.context("attaching observation programs")?;
+    let open_source = tp.context("attaching observation programs")?;
+    log::info!("file open events from: {open_source:?}");
     loader::attach_cgroup(&mut ebpf, &parent).context("attaching network programs")?;
     for p in &probes {
         log::info!(
@@ -169,6 +171,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         counters: UserCounters::default(),
         kernel_counters,
         probes,
+        open_source,
         group_gid,
         cgroup2,
         out: Output {
@@ -432,7 +435,8 @@ fn handle(st: &mut State, req: Request, pid: u32, uid: u32, gid: u32) -> Reply {
                 "kernel_counters": kernel_counter_totals(&st.kernel_counters),
                 "counters": st.counters,
                 "features": st.probes,
-                "coverage_gaps": coverage_gaps(&st.probes),
+                "file_open_source": st.open_source,
+                "coverage_gaps": coverage_gaps(&st.open_source),
             }))
         }
         Request::CreateSession {
@@ -510,15 +514,13 @@ fn handle(st: &mut State, req: Request, pid: u32, uid: u32, gid: u32) -> Reply {
     }
 }
 
-/// What the syscall-tracepoint backend cannot see, stated rather than
-/// assumed.
-fn coverage_gaps(probes: &[Probe]) -> Vec<&'static str> {
-    let lsm = probes.iter().any(|p| p.kind == "lsm" && p.loaded);
-    if lsm {
-        vec![]
-    } else {
-        vec![
-            "file opens come from syscall tracepoints: io_uring IORING_OP_OPENAT and 32-bit (ia32) opens are not observed",
-        ]
+/// What the backends in use cannot see, stated rather than assumed.
+pub fn coverage_gaps(open_source: &loader::OpenSource) -> Vec<String> {
+    match open_source {
+        loader::OpenSource::Lsm => vec![],
+        loader::OpenSource::Tracepoints { lsm_refused } => vec![format!(
+            "file opens come from syscall tracepoints (the LSM file_open program was refused: {lsm_refused}): \
+             io_uring IORING_OP_OPENAT and 32-bit (ia32) opens are not observed"
+        )],
     }
 }

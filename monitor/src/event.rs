@@ -317,6 +317,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                     open_syscall::OPEN => "open",
                     open_syscall::CREAT => "creat",
                     open_syscall::OPEN_BY_HANDLE_AT => "open_by_handle_at",
+                    open_syscall::LSM => "lsm_file_open",
                     _ => "unknown",
                 },
             }))

@@ -94,6 +94,10 @@ pub fn load(layout: &KernelLayout, opts: &LoadOptions) -> Result<Ebpf, LoadError
 pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sched_process_exec", "sched", "sched_process_exec"),
     ("sched_process_exit", "sched", "sched_process_exit"),
+];
+
+/// Open tracepoints, used where the LSM `file_open` hook is not available.
+pub const OPEN_TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sys_exit_openat", "syscalls", "sys_exit_openat"),
     ("sys_exit_openat2", "syscalls", "sys_exit_openat2"),
     ("sys_exit_open", "syscalls", "sys_exit_open"),
@@ -131,10 +135,24 @@ pub const FILEOP_SYSCALLS: &[(&str, bool)] = &[
 /// cgroup sock_addr programs attached to the agentmon parent cgroup.
 pub const SOCK_ADDR: &[&str] = &["connect4", "connect6", "sendmsg4", "sendmsg6"];
 
-/// Loads and attaches the observation programs that every kernel runs:
-/// tracepoints and the fork tp_btf program. The cgroup programs are
-/// attached by [`attach_cgroup`] once the agentmon cgroup exists.
-pub fn attach_observers(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+/// Where file open events come from on this kernel.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpenSource {
+    /// The LSM `file_open` hook: every open, io_uring and 32-bit included.
+    Lsm,
+    /// `syscalls:sys_exit_open*`: misses io_uring and 32-bit opens.
+    Tracepoints {
+        /// Why the LSM program could not be used.
+        lsm_refused: String,
+    },
+}
+
+/// Loads and attaches the observation programs: tracepoints, the fork
+/// tp_btf program, and file opens from the LSM hook where the kernel allows
+/// it (tracepoints otherwise). The cgroup programs are attached by
+/// [`attach_cgroup`] once the agentmon cgroup exists.
+pub fn attach_observers(ebpf: &mut Ebpf) -> Result<OpenSource, LoadError> {
     for (prog, cat, name) in TRACEPOINTS {
         attach_tracepoint(ebpf, prog, cat, name)?;
     }
@@ -143,6 +161,17 @@ pub fn attach_observers(ebpf: &mut Ebpf) -> Result<(), LoadError> {
         name: "sched_process_fork".into(),
         source: aya::programs::ProgramError::Btf(e),
     })?;
+    let source = match attach_lsm(ebpf, "lsm_file_open", "file_open", &btf) {
+        Ok(()) => OpenSource::Lsm,
+        Err(e) => {
+            for (prog, cat, name) in OPEN_TRACEPOINTS {
+                attach_tracepoint(ebpf, prog, cat, name)?;
+            }
+            OpenSource::Tracepoints {
+                lsm_refused: crate::doctor::error_chain(&e),
+            }
+        }
+    };
     let prog = "sched_process_fork";
     let err = |source| LoadError::Program {
         name: prog.to_string(),
@@ -156,6 +185,29 @@ pub fn attach_observers(ebpf: &mut Ebpf) -> Result<(), LoadError> {
         .try_into()
         .map_err(err)?;
     p.load("sched_process_fork", &btf).map_err(err)?;
+    p.attach().map_err(err)?;
+    Ok(source)
+}
+
+/// Loads and attaches an LSM program.
+pub fn attach_lsm(
+    ebpf: &mut Ebpf,
+    prog: &str,
+    hook: &str,
+    btf: &aya::Btf,
+) -> Result<(), LoadError> {
+    let err = |source| LoadError::Program {
+        name: prog.to_string(),
+        source,
+    };
+    let p: &mut aya::programs::Lsm = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| LoadError::NoProgram {
+            name: prog.to_string(),
+        })?
+        .try_into()
+        .map_err(err)?;
+    p.load(hook, btf).map_err(err)?;
     p.attach().map_err(err)?;
     Ok(())
 }

@@ -7,6 +7,7 @@
 //! `actor tcp PORT` — one TCP connect to 127.0.0.1:PORT.
 //! `actor udp PORT` — one UDP datagram to 127.0.0.1:PORT.
 //! `actor spawn N PROG [ARGS]` — fork+exec PROG N times, one after another.
+//! `actor uring-open PATH` — one io_uring `IORING_OP_OPENAT` of PATH.
 
 use std::{
     ffi::CString,
@@ -61,6 +62,25 @@ fn main() {
                     .expect("spawn");
                 assert!(st.success());
             }
+        }
+        Some("uring-open") => {
+            // One IORING_OP_OPENAT: invisible to the open syscall tracepoints.
+            let path = CString::new(args[2].as_str()).unwrap();
+            let mut ring = io_uring::IoUring::new(4).expect("io_uring_setup");
+            let op =
+                io_uring::opcode::OpenAt::new(io_uring::types::Fd(libc::AT_FDCWD), path.as_ptr())
+                    .flags(libc::O_RDONLY)
+                    .build();
+            // SAFETY: `path` outlives the submission, which completes below.
+            unsafe { ring.submission().push(&op).expect("sq push") };
+            ring.submit_and_wait(1).expect("io_uring_enter");
+            let cqe = ring.completion().next().expect("completion");
+            assert!(
+                cqe.result() >= 0,
+                "io_uring openat failed: {}",
+                cqe.result()
+            );
+            println!("fd {}", cqe.result());
         }
         Some("exec") => {
             // Replace this process (used to test tags across exec).
