@@ -39,6 +39,8 @@ pub struct DaemonOptions {
     pub group: Option<String>,
     /// Name of the parent cgroup of all sessions, below the cgroup2 mount.
     pub cgroup_parent: String,
+    /// The configuration file's contents (store, export, policies).
+    pub config: crate::config::Config,
 }
 
 /// The kernel SESSIONS map as a [`SessionTable`].

@@ -4,6 +4,7 @@
 
 pub mod cgroup;
 pub mod client;
+pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod doctor;

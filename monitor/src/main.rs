@@ -3,7 +3,12 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use monitor::{client, control, daemon, doctor, kernel::loader::LoadOptions};
+use monitor::{
+    client,
+    config::{Config, DEFAULT_CONFIG},
+    control, daemon, doctor,
+    kernel::loader::LoadOptions,
+};
 use monitor_common::scope;
 
 #[derive(Parser)]
@@ -13,9 +18,9 @@ use monitor_common::scope;
     about = "Kernel-level guardrails and a flight recorder for AI coding agents"
 )]
 struct Cli {
-    /// Control socket path.
-    #[arg(long, global = true, env = "AGENTMON_SOCKET", default_value = control::DEFAULT_SOCKET)]
-    socket: PathBuf,
+    /// Control socket path [default: the config's, else /run/agentmon/agentmon.sock].
+    #[arg(long, global = true, env = "AGENTMON_SOCKET")]
+    socket: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -38,18 +43,21 @@ enum HookAgent {
 enum Cmd {
     /// Run the daemon in the foreground.
     Daemon {
+        /// Configuration file [default: /etc/agentmon/agentmon.toml if it exists].
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Print one JSON line per event on stdout.
         #[arg(long)]
         stdout: bool,
         /// Which processes to observe.
         #[arg(long, value_enum, default_value_t = Scope::Sessions)]
         scope: Scope,
-        /// Group whose members (besides root) may create sessions.
+        /// Group whose members (besides root) may create sessions [config: daemon.group].
         #[arg(long)]
         group: Option<String>,
-        /// Parent cgroup of all sessions, below the cgroup2 mount.
-        #[arg(long, default_value = "agentmon")]
-        cgroup_parent: String,
+        /// Parent cgroup of all sessions, below the cgroup2 mount [config: daemon.cgroup_parent].
+        #[arg(long)]
+        cgroup_parent: Option<String>,
     },
     /// Run a command in a new agentmon session (the exit code passes through).
     Run {
@@ -89,13 +97,25 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    let client_socket = cli
+        .socket
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(control::DEFAULT_SOCKET));
     match cli.cmd {
         Cmd::Daemon {
+            config,
             stdout,
             scope,
             group,
             cgroup_parent,
         } => {
+            let cfg = match config {
+                Some(p) => Config::load(&p)?,
+                None if std::path::Path::new(DEFAULT_CONFIG).exists() => {
+                    Config::load(std::path::Path::new(DEFAULT_CONFIG))?
+                }
+                None => Config::default(),
+            };
             let load = LoadOptions {
                 scope_mode: match scope {
                     Scope::Sessions => scope::SESSIONS,
@@ -107,9 +127,10 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(daemon::run(daemon::DaemonOptions {
                 stdout,
                 load,
-                socket: cli.socket,
-                group,
-                cgroup_parent,
+                socket: cli.socket.unwrap_or(cfg.daemon.socket.clone()),
+                group: group.or(cfg.daemon.group.clone()),
+                cgroup_parent: cgroup_parent.unwrap_or(cfg.daemon.cgroup_parent.clone()),
+                config: cfg,
             }))
         }
         Cmd::Run {
@@ -120,7 +141,7 @@ fn main() -> anyhow::Result<()> {
             command,
         } => {
             let code = client::run(
-                &cli.socket,
+                &client_socket,
                 client::RunArgs {
                     session,
                     policy,
@@ -133,8 +154,8 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Hook {
             agent: HookAgent::Codex,
-        } => std::process::exit(client::hook_codex(&cli.socket)),
-        Cmd::Status { json } => client::status(&cli.socket, json),
+        } => std::process::exit(client::hook_codex(&client_socket)),
+        Cmd::Status { json } => client::status(&client_socket, json),
         Cmd::Doctor { json } => {
             let report = doctor::run();
             if json {
