@@ -2,6 +2,8 @@
 //! collect its JSON events, wait for them with deadlines (never fixed
 //! sleeps).
 
+pub mod fake_model;
+
 use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
