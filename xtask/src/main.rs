@@ -1,5 +1,6 @@
 //! agentmon's build, setup and test driver: `cargo xtask <command>`.
 
+mod bench;
 mod build;
 mod setup;
 mod test;
@@ -42,6 +43,8 @@ enum Cmd {
     },
     /// Run every test tier: lint, unit, host integration (root), VM.
     Test(test::TestArgs),
+    /// Benchmarks, side by side with a baseline (root).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -70,5 +73,6 @@ fn main() -> anyhow::Result<()> {
             util::sh(&mut cmd)
         }
         Cmd::Test(args) => test::run(args),
+        Cmd::Bench(args) => bench::run(args),
     }
 }
