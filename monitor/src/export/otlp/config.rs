@@ -464,8 +464,10 @@ mod tests {
             c.validate(),
             Err(ConfigError::ZeroBatch { field: "max_queue" })
         ));
-        let mut c = OtlpConfig::default();
-        c.timeout = Duration::ZERO;
+        let c = OtlpConfig {
+            timeout: Duration::ZERO,
+            ..OtlpConfig::default()
+        };
         assert!(matches!(
             c.validate(),
             Err(ConfigError::ZeroDuration { field: "timeout" })
