@@ -392,3 +392,56 @@ fn http_receiver_accepts_otlp_json() {
         Some("application/json")
     );
 }
+
+/// Records captured from a real daemon (`agentmon run -- sh -c 'cat
+/// /etc/hostname; true'`) all arrive, each under its event name, with the
+/// process and session attributes set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_daemon_records_arrive() {
+    let lines: Vec<Value> = include_str!("fixtures/daemon-session.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let rx = OtlpReceiver::start().unwrap();
+    let x = OtlpExporter::with_env(&config(Protocol::Grpc, &rx), env).unwrap();
+    for r in &lines {
+        assert!(x.try_send(r));
+    }
+    let logs = rx.wait_for_count_async(lines.len(), WAIT).await.unwrap();
+    let c = x.shutdown().await;
+    assert_eq!(c.exported as usize, lines.len());
+    let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+    for l in &logs {
+        *names.entry(l.event_name().unwrap()).or_default() += 1;
+        let session = l.str_attr("agentmon.session.id").unwrap();
+        assert!(!session.is_empty());
+        if l.event_name() != Some("agentmon.session.end") {
+            assert!(l.int_attr("process.pid").is_some(), "{:?}", l.record);
+            assert!(l.str_attr("user.id").is_some());
+        }
+    }
+    let expected: BTreeMap<&str, usize> = [
+        ("agentmon.file.open", 20),
+        ("agentmon.process.exec", 2),
+        ("agentmon.process.exit", 2),
+        ("agentmon.process.fork", 1),
+        ("agentmon.session.start", 1),
+        ("agentmon.session.end", 1),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(names, expected);
+    let cat = logs
+        .iter()
+        .find(|l| l.str_attr("process.executable.path") == Some("/usr/bin/cat"))
+        .unwrap();
+    assert!(cat.record.time_unix_nano > 0);
+    let exec = logs
+        .iter()
+        .find(|l| l.body() == Some("exec /usr/bin/cat /etc/hostname"))
+        .expect("the cat exec, with a readable body");
+    assert_eq!(
+        exec.str_list_attr("process.command_args"),
+        Some(vec!["cat".to_string(), "/etc/hostname".to_string()])
+    );
+}

@@ -43,6 +43,8 @@ pub enum ConfigError {
     TlsPair { missing: &'static str },
     #[error("invalid endpoint {endpoint:?}: {reason}")]
     Endpoint { endpoint: String, reason: String },
+    #[error("[tls] is set but endpoint {endpoint:?} is not https://")]
+    TlsWithoutHttps { endpoint: String },
     #[error("batch.{field} must be at least 1")]
     ZeroBatch { field: &'static str },
     #[error("batch.max_batch ({max_batch}) is larger than batch.max_queue ({max_queue})")]
@@ -288,6 +290,11 @@ impl OtlpConfig {
                 reason: "no host".into(),
             });
         }
+        if self.tls.is_some() && uri.scheme_str() != Some("https") {
+            return Err(ConfigError::TlsWithoutHttps {
+                endpoint: endpoint.to_string(),
+            });
+        }
         Ok(())
     }
 
@@ -477,6 +484,11 @@ mod tests {
         assert!(e.contains("127.0.0.1:4317"), "{e}");
         let c = parse(r#"endpoint = "ftp://host/x""#).unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("scheme"));
+        let c = parse("tls = { ca_file = \"/ca.pem\" }").unwrap();
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::TlsWithoutHttps { .. })
+        ));
     }
 
     fn env(k: &str) -> Option<String> {

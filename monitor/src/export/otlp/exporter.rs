@@ -171,7 +171,7 @@ impl OtlpExporter {
                     .with_timeout(cfg.timeout)
                     .with_metadata(metadata)
                     .with_retry_policy(RetryPolicy::disabled());
-                if endpoint.starts_with("https://") || tls.is_some() {
+                if endpoint.starts_with("https://") {
                     b = b.with_tls_config(tonic_tls(tls.as_ref()));
                 }
                 b.build()?
@@ -227,6 +227,11 @@ impl OtlpExporter {
     /// returned.
     pub fn try_send(&self, record: &Value) -> bool {
         self.metrics.observe(record);
+        if self.tx.capacity() == 0 {
+            // Full: do not spend the mapping on a record that is dropped.
+            self.metrics.export.dropped_queue_full.fetch_add(1, Relaxed);
+            return false;
+        }
         let mut rec = self.logger.create_log_record();
         mapping::map_record(record).apply(&mut rec, SystemTime::now());
         let q = Queued {
