@@ -14,6 +14,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod otlp_receiver;
+
 /// The agentmon binary under test: `$AGENTMON_BIN`, set by `cargo xtask test`.
 pub fn agentmon_bin() -> PathBuf {
     let p = std::env::var_os("AGENTMON_BIN")
