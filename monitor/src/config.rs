@@ -82,14 +82,24 @@ impl Default for StoreSection {
     }
 }
 
+/// `[export]`
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportSection {
+    /// `[export.otlp]`: OTLP logs to a collector (absent: no export).
+    pub otlp: Option<crate::export::otlp::OtlpConfig>,
+    /// Prometheus text metrics on this loopback address, e.g.
+    /// `"127.0.0.1:9464"` (absent: no endpoint).
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
 /// The whole file.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub daemon: DaemonSection,
     pub store: StoreSection,
-    /// `[export]` sections (e.g. `[export.otlp]`), validated by the exporter.
-    pub export: Option<toml::Table>,
+    pub export: ExportSection,
 }
 
 impl Config {
@@ -175,6 +185,23 @@ mod tests {
             .to_string();
         assert!(e.starts_with("c.toml:3:13:"), "{e}");
         assert!(e.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn export_sections_are_typed() {
+        let c = Config::parse(
+            Path::new("a.toml"),
+            "[export]\nmetrics_listen = \"127.0.0.1:9464\"\n[export.otlp]\nprotocol = \"grpc\"\nendpoint = \"http://127.0.0.1:4317\"\n",
+        )
+        .unwrap();
+        assert!(c.export.otlp.is_some());
+        assert_eq!(c.export.metrics_listen.unwrap().port(), 9464);
+        let e = Config::parse(
+            Path::new("a.toml"),
+            "[export.otlp]\nprotocol = \"carrier-pigeon\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("a.toml:2:"), "{e}");
     }
 
     #[test]

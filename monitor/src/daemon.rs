@@ -76,13 +76,21 @@ struct State {
     out: Output,
 }
 
-/// Where records go.
+/// Where records go: JSON lines on stdout, metrics, OTLP. Sinks never
+/// block the ring-buffer reader: OTLP has a bounded queue whose overflow is
+/// counted.
 struct Output {
     stdout: bool,
+    metrics: Arc<crate::export::metrics::Metrics>,
+    otlp: Option<crate::export::otlp::OtlpExporter>,
 }
 
 impl Output {
     fn emit(&self, v: &Value) {
+        self.metrics.observe(v);
+        if let Some(o) = &self.otlp {
+            o.try_send(v);
+        }
         if self.stdout {
             let mut lock = std::io::stdout().lock();
             let _ = serde_json::to_writer(&mut lock, v);
@@ -176,8 +184,27 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         open_source,
         group_gid,
         cgroup2,
-        out: Output {
-            stdout: opts.stdout,
+        out: {
+            let otlp = match &opts.config.export.otlp {
+                Some(cfg) => Some(
+                    crate::export::otlp::OtlpExporter::new(cfg)
+                        .context("starting the OTLP exporter ([export.otlp])")?,
+                ),
+                None => None,
+            };
+            let metrics = otlp.as_ref().map(|o| o.metrics()).unwrap_or_default();
+            if let Some(addr) = opts.config.export.metrics_listen {
+                let l = crate::export::metrics::bind(addr)
+                    .await
+                    .context("binding [export] metrics_listen")?;
+                log::info!("metrics on http://{addr}/metrics");
+                tokio::spawn(crate::export::metrics::serve(l, metrics.clone()));
+            }
+            Output {
+                stdout: opts.stdout,
+                metrics,
+                otlp,
+            }
         },
     };
     let adopted = state.manager.adopt_existing(&mut state.table);
@@ -443,6 +470,7 @@ fn handle(st: &mut State, req: Request, pid: u32, uid: u32, gid: u32) -> Reply {
                 "sessions": sessions,
                 "kernel_counters": kernel_counter_totals(&st.kernel_counters),
                 "counters": st.counters,
+                "otlp": st.out.otlp.as_ref().map(|o| o.counters()),
                 "features": st.probes,
                 "file_open_source": st.open_source,
                 "coverage_gaps": coverage_gaps(&st.open_source),

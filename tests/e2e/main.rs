@@ -10,7 +10,9 @@ use std::{path::PathBuf, process::Stdio, time::Duration};
 use agentmon_tests::{
     agentmon_bin,
     fake_model::{FakeModel, ScriptedCall},
-    is_root, marker, Daemon,
+    is_root, marker,
+    otlp_receiver::OtlpReceiver,
+    Daemon,
 };
 use serde_json::Value;
 
@@ -43,7 +45,7 @@ fn strs(v: &Value) -> Vec<String> {
 
 /// A workspace and a CODEX_HOME configured for the fake provider, with
 /// agentmon's Codex hook installed.
-fn codex_home(model: &FakeModel, tag: &str) -> (PathBuf, PathBuf) {
+fn codex_home(model: &FakeModel, tag: &str, otlp_http: &str) -> (PathBuf, PathBuf) {
     let base = std::env::temp_dir().join(format!("agentmon-e2e-{tag}"));
     let ws = base.join("ws");
     let home = base.join("codex-home");
@@ -71,8 +73,13 @@ hooks = true
 
 [analytics]
 enabled = false
+
+[otel]
+environment = "agentmon-e2e"
+exporter = {{ otlp-http = {{ endpoint = "{}", protocol = "json" }} }}
 "#,
-        model.base_url()
+        model.base_url(),
+        otlp_http
     );
     std::fs::write(home.join("config.toml"), config).unwrap();
     let hook = format!("{} hook codex", agentmon_bin().display());
@@ -101,8 +108,17 @@ fn codex_commands_are_exec_events_joined_to_its_ids() {
         },
     ];
     let model = FakeModel::start(script.clone());
-    let (ws, home) = codex_home(&model, &m);
-    let mut d = Daemon::start(&[]);
+    // One OTLP receiver for both: Codex's own exporter (HTTP/JSON) and
+    // agentmon's (gRPC), as a collector would see them.
+    let receiver = OtlpReceiver::start().unwrap();
+    let (ws, home) = codex_home(&model, &m, &receiver.http_logs_url());
+    let cfg = ws.parent().unwrap().join("agentmon.toml");
+    std::fs::write(
+        &cfg,
+        format!("[export.otlp]\nprotocol = \"grpc\"\nendpoint = \"{}\"\n[export.otlp.batch]\ndelay = \"100ms\"\n", receiver.grpc_endpoint()),
+    )
+    .unwrap();
+    let mut d = Daemon::start(&["--config", cfg.to_str().unwrap()]);
     let out = d
         .cli()
         .args(["run", "-q", "--session", &m, "--workspace"])
@@ -180,5 +196,49 @@ fn codex_commands_are_exec_events_joined_to_its_ids() {
         .find(|v| v["kind"] == "file_open" && v["path"] == env_path.as_str());
     let open = open.unwrap_or_else(|| panic!("no open of {env_path}"));
     assert_eq!(open["call_id"], script[0].call_id.as_str());
+
+    // The join: every Codex tool result has agentmon exec records with the
+    // same conversation.id and call_id.
+    let logs = receiver
+        .wait_until(
+            Duration::from_secs(60),
+            "codex.tool_result and agentmon exec records for every call",
+            |logs| {
+                script.iter().all(|c| {
+                    let codex = logs.iter().any(|l| {
+                        l.str_attr("event.name") == Some("codex.tool_result")
+                            && l.str_attr("call_id") == Some(c.call_id.as_str())
+                    });
+                    let ours = logs.iter().any(|l| {
+                        l.str_attr("event.name") == Some("agentmon.process.exec")
+                            && l.str_attr("call_id") == Some(c.call_id.as_str())
+                    });
+                    codex && ours
+                })
+            },
+        )
+        .unwrap();
+    for c in &script {
+        let codex = logs
+            .iter()
+            .find(|l| {
+                l.str_attr("event.name") == Some("codex.tool_result")
+                    && l.str_attr("call_id") == Some(c.call_id.as_str())
+            })
+            .unwrap();
+        assert_eq!(codex.str_attr("conversation.id"), Some(thread_id.as_str()));
+        for ours in logs.iter().filter(|l| {
+            l.str_attr("event.name") == Some("agentmon.process.exec")
+                && l.str_attr("call_id") == Some(c.call_id.as_str())
+        }) {
+            assert_eq!(
+                ours.str_attr("conversation.id"),
+                Some(thread_id.as_str()),
+                "agentmon record not joined"
+            );
+            assert_eq!(ours.str_attr("agentmon.session.id"), Some(m.as_str()));
+            assert_eq!(ours.resource_str("service.name"), Some("agentmon"));
+        }
+    }
     let _ = std::fs::remove_dir_all(ws.parent().unwrap());
 }

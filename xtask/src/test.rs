@@ -112,6 +112,21 @@ fn unit(filter: &[String]) -> anyhow::Result<()> {
         .env("AGENTMON_EBPF_OBJECT", build::ebpf_object())
         .args(["test", "--workspace", "--lib", "--bins", "--release", "--"])
         .args(filter);
+    sh(&mut c)?;
+    // The OTLP exporter against a real receiver on loopback (no root).
+    let mut c = clean_cargo(None);
+    c.current_dir(root())
+        .env("AGENTMON_EBPF_OBJECT", build::ebpf_object())
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "agentmon-tests",
+            "--test",
+            "otlp",
+            "--",
+        ])
+        .args(filter);
     sh(&mut c)
 }
 

@@ -58,7 +58,7 @@ pub enum OtlpError {
 }
 
 /// A snapshot of the exporter's counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ExportCounters {
     /// Records the collector acknowledged.
     pub exported: u64,
