@@ -1,7 +1,7 @@
 //! The `agentmon` command line.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use monitor::{daemon, doctor, kernel::loader::LoadOptions};
+use monitor::{daemon, doctor, kernel::loader::LoadOptions, store};
 use monitor_common::scope;
 
 #[derive(Parser)]
@@ -34,6 +34,8 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = Scope::Sessions)]
         scope: Scope,
     },
+    /// Query the local event store.
+    Events(store::cli::EventsArgs),
     /// Report what this kernel supports, from real load attempts.
     Doctor {
         /// Print the report as JSON.
@@ -57,6 +59,7 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(daemon::run(daemon::DaemonOptions { stdout, load }))
         }
+        Cmd::Events(args) => Ok(store::cli::run_events(&args)?),
         Cmd::Doctor { json } => {
             let report = doctor::run();
             if json {

@@ -1,0 +1,364 @@
+//! The embedded local event store: SQLite (bundled, WAL) behind a batching
+//! writer thread, with retention by age and size, and the queries behind
+//! `agentmon events`. See `README.md` in this directory for the schema,
+//! defaults and measured figures.
+//!
+//! The store keeps a generic [`Record`] rather than [`crate::event::Event`],
+//! so the event types can grow without touching the schema.
+
+pub mod cli;
+mod error;
+mod query;
+mod record;
+mod retention;
+mod schema;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::{
+    collections::HashMap,
+    fs,
+    io::ErrorKind,
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+pub use error::{RecordError, StoreError};
+pub use query::{Query, Summary, TimeBound, TimeBoundError};
+pub use record::{short_session, Record, DECISIONS};
+pub use retention::{RetentionConfig, RetentionReport};
+use rusqlite::{
+    types::{ToSqlOutput, ValueRef},
+    Connection, OpenFlags, TransactionBehavior,
+};
+pub use schema::CURRENT_VERSION;
+pub use writer::{RecordSender, StatsSnapshot, StoreWriter, WriterConfig, WriterStats};
+
+/// Where the daemon keeps its store (the systemd unit's `StateDirectory`).
+pub const DEFAULT_DB_PATH: &str = "/var/lib/agentmon/events.db";
+
+/// How long a connection waits for a lock held by another connection.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+const INSERT_SQL: &str = "INSERT INTO events (ts, kind, session_id, conversation_id, call_id, \
+     pid, ppid, uid, exec_id, parent_exec_id, decision, rule, subject, payload) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
+
+const SESSION_UPSERT_SQL: &str = "INSERT INTO sessions (id, first_ts, last_ts) VALUES (?1, ?2, ?3) \
+     ON CONFLICT (id) DO UPDATE SET first_ts = min(first_ts, excluded.first_ts), \
+     last_ts = max(last_ts, excluded.last_ts)";
+
+/// An open event store. One `Store` is one SQLite connection; the daemon's
+/// [`StoreWriter`] owns the writing one, and readers (`agentmon events`, the
+/// session manager) open their own, which WAL lets run alongside the writer.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    retention: RetentionConfig,
+    /// Reused serialization buffer for payloads.
+    buf: Vec<u8>,
+}
+
+/// What happened to one batch.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BatchOutcome {
+    pub inserted: usize,
+    /// Records refused (index in the batch, reason); the rest were stored.
+    pub rejected: Vec<(usize, RecordError)>,
+}
+
+fn now_unix_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `path` for reading and
+    /// writing: missing parent directories are created with mode 0700 and a
+    /// new database file with mode 0600 (SQLite gives its `-wal` and `-shm`
+    /// files the same mode). The schema is created or migrated; a newer
+    /// on-disk version, a corrupted file or a foreign database is an error.
+    pub fn open(path: impl AsRef<Path>, retention: RetentionConfig) -> Result<Store, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.exists() {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(|source| StoreError::CreateDir {
+                        path: dir.to_path_buf(),
+                        source,
+                    })?;
+            }
+        }
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+                return Err(StoreError::PermissionDenied { path })
+            }
+            Err(source) => return Err(StoreError::CreateFile { path, source }),
+        }
+        if let Err(e) = fs::OpenOptions::new().read(true).write(true).open(&path) {
+            return Err(match e.kind() {
+                ErrorKind::PermissionDenied => StoreError::PermissionDenied { path },
+                _ => StoreError::Io {
+                    path,
+                    op: "opening for writing",
+                    source: e,
+                },
+            });
+        }
+        let mut conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        let err = |op| {
+            let path = path.clone();
+            move |e| StoreError::sqlite(&path, op, e)
+        };
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(err("setting busy timeout"))?;
+        let on_disk = schema::inspect(&conn).map_err(err("reading schema"))?;
+        let from = match on_disk {
+            schema::OnDisk::Foreign => return Err(StoreError::Foreign { path }),
+            schema::OnDisk::Version(v) if v > CURRENT_VERSION => {
+                return Err(StoreError::SchemaTooNew {
+                    path,
+                    found: v,
+                    supported: CURRENT_VERSION,
+                })
+            }
+            schema::OnDisk::Version(v) => v,
+            schema::OnDisk::Empty => {
+                // Must precede the first table: lets retention give freed
+                // pages back to the file system.
+                conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+                    .map_err(err("setting auto_vacuum"))?;
+                0
+            }
+        };
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .map_err(err("enabling WAL"))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Sqlite {
+                path,
+                op: "enabling WAL",
+                source: rusqlite::Error::InvalidQuery,
+            });
+        }
+        conn.execute_batch(
+            "PRAGMA synchronous = NORMAL;
+             PRAGMA temp_store = MEMORY;
+             PRAGMA cache_size = -32768;",
+        )
+        .map_err(err("setting pragmas"))?;
+        conn.pragma_update(None, "journal_size_limit", retention.wal_limit() as i64)
+            .map_err(err("setting journal_size_limit"))?;
+        if from < CURRENT_VERSION {
+            schema::migrate(&mut conn, from, now_unix_ns()).map_err(err("migrating schema"))?;
+        }
+        Ok(Store {
+            conn,
+            path,
+            retention,
+            buf: Vec::with_capacity(1024),
+        })
+    }
+
+    /// Opens an existing store for queries only; never creates or migrates.
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Store, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        if let Err(e) = fs::File::open(&path) {
+            return Err(match e.kind() {
+                ErrorKind::NotFound => StoreError::NotFound { path },
+                ErrorKind::PermissionDenied => StoreError::PermissionDenied { path },
+                _ => StoreError::Io {
+                    path,
+                    op: "opening",
+                    source: e,
+                },
+            });
+        }
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| StoreError::sqlite(&path, "setting busy timeout", e))?;
+        match schema::inspect(&conn).map_err(|e| StoreError::sqlite(&path, "reading schema", e))? {
+            schema::OnDisk::Empty => Err(StoreError::NotFound { path }),
+            schema::OnDisk::Foreign => Err(StoreError::Foreign { path }),
+            schema::OnDisk::Version(v) if v > CURRENT_VERSION => Err(StoreError::SchemaTooNew {
+                path,
+                found: v,
+                supported: CURRENT_VERSION,
+            }),
+            schema::OnDisk::Version(v) if v < CURRENT_VERSION => Err(StoreError::SchemaTooOld {
+                path,
+                found: v,
+                supported: CURRENT_VERSION,
+            }),
+            schema::OnDisk::Version(_) => Ok(Store {
+                conn,
+                path,
+                retention: RetentionConfig::default(),
+                buf: Vec::new(),
+            }),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn retention(&self) -> &RetentionConfig {
+        &self.retention
+    }
+
+    /// The schema version recorded in the file.
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        self.conn
+            .query_row("SELECT max(version) FROM schema_version", [], |r| r.get(0))
+            .map_err(|e| self.sqlite("reading schema version", e))
+    }
+
+    pub(crate) fn sqlite(&self, op: &'static str, e: rusqlite::Error) -> StoreError {
+        StoreError::sqlite(&self.path, op, e)
+    }
+
+    /// Inserts `records` in one transaction with a prepared statement.
+    /// Records that fail validation or whose row insert fails are skipped and
+    /// reported in the outcome; only a failure of the transaction itself
+    /// (disk full, I/O error, corruption) is an `Err`, and then nothing of
+    /// the batch is stored.
+    pub fn insert_batch(&mut self, records: &[Record]) -> Result<BatchOutcome, StoreError> {
+        let mut outcome = BatchOutcome::default();
+        let mut sessions: HashMap<&str, (i64, i64)> = HashMap::new();
+        let buf = &mut self.buf;
+        let path = &self.path;
+        let err = |op| move |e| StoreError::sqlite(path, op, e);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err("beginning batch"))?;
+        {
+            let mut stmt = tx
+                .prepare_cached(INSERT_SQL)
+                .map_err(err("preparing insert"))?;
+            for (i, r) in records.iter().enumerate() {
+                if let Err(e) = r.validate() {
+                    outcome.rejected.push((i, e));
+                    continue;
+                }
+                buf.clear();
+                if let Err(e) = serde_json::to_writer(&mut *buf, &r.payload) {
+                    outcome.rejected.push((i, RecordError::Payload(e.to_string())));
+                    continue;
+                }
+                let payload = ToSqlOutput::Borrowed(ValueRef::Text(buf));
+                match stmt.execute(rusqlite::params![
+                    r.ts_unix_ns,
+                    r.kind,
+                    r.session_id,
+                    r.conversation_id,
+                    r.call_id,
+                    r.pid,
+                    r.ppid,
+                    r.uid,
+                    r.exec_id,
+                    r.parent_exec_id,
+                    r.decision,
+                    r.rule,
+                    r.subject,
+                    payload,
+                ]) {
+                    Ok(_) => {
+                        outcome.inserted += 1;
+                        if let Some(s) = &r.session_id {
+                            let e = sessions
+                                .entry(s.as_str())
+                                .or_insert((r.ts_unix_ns, r.ts_unix_ns));
+                            e.0 = e.0.min(r.ts_unix_ns);
+                            e.1 = e.1.max(r.ts_unix_ns);
+                        }
+                    }
+                    Err(e) => match e.sqlite_error_code() {
+                        // Row-level failures: skip the record, keep the batch.
+                        Some(
+                            rusqlite::ErrorCode::ConstraintViolation
+                            | rusqlite::ErrorCode::TooBig
+                            | rusqlite::ErrorCode::TypeMismatch,
+                        ) => outcome.rejected.push((i, RecordError::Insert(e.to_string()))),
+                        _ => return Err(StoreError::sqlite(path, "inserting", e)),
+                    },
+                }
+            }
+            if !sessions.is_empty() {
+                let mut up = tx
+                    .prepare_cached(SESSION_UPSERT_SQL)
+                    .map_err(err("preparing session upsert"))?;
+                for (id, (first, last)) in &sessions {
+                    up.execute((id, first, last))
+                        .map_err(err("recording session"))?;
+                }
+            }
+        }
+        tx.commit().map_err(err("committing batch"))?;
+        Ok(outcome)
+    }
+
+    /// Number of stored events.
+    pub fn count(&self) -> Result<u64, StoreError> {
+        self.conn
+            .query_row("SELECT count(*) FROM events", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(|e| self.sqlite("counting events", e))
+    }
+
+    /// Bytes on disk: the database file plus its write-ahead log.
+    pub fn disk_usage(&self) -> Result<u64, StoreError> {
+        let mut total = 0;
+        for p in [self.path.clone(), sidecar(&self.path, "-wal")] {
+            match fs::metadata(&p) {
+                Ok(m) => total += m.len(),
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(StoreError::Io {
+                        path: p,
+                        op: "measuring size",
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(total)
+    }
+}
+
+/// `events.db` → `events.db-wal` and the like.
+fn sidecar(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}

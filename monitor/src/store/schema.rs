@@ -1,0 +1,101 @@
+//! On-disk schema and its migrations.
+//!
+//! `schema_version` holds one row per applied migration. A database whose
+//! highest version is newer than [`CURRENT_VERSION`] is refused (an older
+//! agentmon must not write into a layout it does not know); an older one is
+//! migrated forward in one transaction when opened for writing.
+
+use rusqlite::Connection;
+
+/// The schema version this build writes.
+pub const CURRENT_VERSION: i64 = 1;
+
+/// `(version, SQL)`; applied in order, each inside the opening transaction.
+const MIGRATIONS: &[(i64, &str)] = &[(1, V1)];
+
+/// Version 1. `payload` is compact JSON text and the last column, so the
+/// filter columns sit at the front of each row. Indexes end in `ts` so every
+/// filtered query reads rows already in time order; the rarely-set columns
+/// get partial indexes, which cost nothing on rows that lack them.
+const V1: &str = "
+CREATE TABLE events (
+    id              INTEGER PRIMARY KEY,
+    ts              INTEGER NOT NULL,
+    kind            TEXT NOT NULL,
+    session_id      TEXT,
+    conversation_id TEXT,
+    call_id         TEXT,
+    pid             INTEGER,
+    ppid            INTEGER,
+    uid             INTEGER,
+    exec_id         TEXT,
+    parent_exec_id  TEXT,
+    decision        TEXT,
+    rule            TEXT,
+    subject         TEXT,
+    payload         TEXT NOT NULL
+);
+CREATE INDEX events_ts ON events (ts);
+CREATE INDEX events_session_ts ON events (session_id, ts) WHERE session_id IS NOT NULL;
+CREATE INDEX events_kind_ts ON events (kind, ts);
+CREATE INDEX events_decision_ts ON events (decision, ts) WHERE decision IS NOT NULL;
+CREATE INDEX events_conversation_ts ON events (conversation_id, ts) WHERE conversation_id IS NOT NULL;
+CREATE INDEX events_call_ts ON events (call_id, ts) WHERE call_id IS NOT NULL;
+CREATE TABLE sessions (
+    id       TEXT PRIMARY KEY,
+    first_ts INTEGER NOT NULL,
+    last_ts  INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
+/// What the file holds before any migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnDisk {
+    /// No tables at all: a new file.
+    Empty,
+    /// Tables, but no `schema_version`: somebody else's database.
+    Foreign,
+    /// An agentmon store at this version.
+    Version(i64),
+}
+
+pub(crate) fn inspect(conn: &Connection) -> rusqlite::Result<OnDisk> {
+    let tables: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE type = 'table'",
+        [],
+        |r| r.get(0),
+    )?;
+    if tables == 0 {
+        return Ok(OnDisk::Empty);
+    }
+    let has_version: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'schema_version')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_version {
+        return Ok(OnDisk::Foreign);
+    }
+    let v: Option<i64> =
+        conn.query_row("SELECT max(version) FROM schema_version", [], |r| r.get(0))?;
+    Ok(OnDisk::Version(v.unwrap_or(0)))
+}
+
+/// Applies every migration above `from`, recording each, in one transaction.
+pub(crate) fn migrate(conn: &mut Connection, from: i64, now_ns: i64) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_version (
+            version         INTEGER PRIMARY KEY,
+            applied_unix_ns INTEGER NOT NULL
+        )",
+    )?;
+    for (v, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > from) {
+        tx.execute_batch(sql)?;
+        tx.execute(
+            "INSERT INTO schema_version (version, applied_unix_ns) VALUES (?1, ?2)",
+            (v, now_ns),
+        )?;
+    }
+    tx.commit()
+}
