@@ -134,17 +134,31 @@ pub fn format_time(ts_unix_ns: i64) -> String {
 
 /// A compact table, columns aligned to their widest cell.
 pub fn write_table(records: &[Record], out: &mut impl Write) -> Result<(), CliError> {
-    const HEAD: [&str; 6] = ["TIME (UTC)", "SESSION", "KIND", "PID", "DECISION", "SUBJECT"];
+    const HEAD: [&str; 6] = [
+        "TIME (UTC)",
+        "SESSION",
+        "KIND",
+        "PID",
+        "DECISION",
+        "SUBJECT",
+    ];
     let rows: Vec<[String; 6]> = records
         .iter()
         .map(|r| {
             [
                 format_time(r.ts_unix_ns),
-                r.session_id.as_deref().map(short_session).unwrap_or("-").to_string(),
+                r.session_id
+                    .as_deref()
+                    .map(short_session)
+                    .unwrap_or("-")
+                    .to_string(),
                 r.kind.clone(),
                 r.pid.map_or_else(|| "-".to_string(), |p| p.to_string()),
                 r.decision.clone().unwrap_or_else(|| "-".to_string()),
-                r.subject.as_deref().map(printable).unwrap_or_else(|| "-".into()),
+                r.subject
+                    .as_deref()
+                    .map(printable)
+                    .unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();

@@ -77,7 +77,11 @@ pub enum StoreError {
 impl StoreError {
     /// Classifies an SQLite error: corruption gets its own variant so that
     /// callers (and users) can tell a broken file from a transient failure.
-    pub(crate) fn sqlite(path: &std::path::Path, op: &'static str, source: rusqlite::Error) -> Self {
+    pub(crate) fn sqlite(
+        path: &std::path::Path,
+        op: &'static str,
+        source: rusqlite::Error,
+    ) -> Self {
         use rusqlite::ErrorCode;
         match source.sqlite_error_code() {
             Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => StoreError::Corrupt {

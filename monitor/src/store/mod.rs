@@ -28,7 +28,8 @@ use std::{
 
 pub use error::{RecordError, StoreError};
 pub use query::{Query, Summary, TimeBound, TimeBoundError};
-pub use record::{short_session, Record, DECISIONS};
+use record::Field;
+pub use record::{short_session, Packed, Record, DECISIONS};
 pub use retention::{RetentionConfig, RetentionReport};
 use rusqlite::{
     types::{ToSqlOutput, ValueRef},
@@ -43,13 +44,23 @@ pub const DEFAULT_DB_PATH: &str = "/var/lib/agentmon/events.db";
 /// How long a connection waits for a lock held by another connection.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-const INSERT_SQL: &str = "INSERT INTO events (ts, kind, session_id, conversation_id, call_id, \
+const INSERT_SQL: &str = "INSERT INTO events (id, ts, kind, session, conversation_id, call_id, \
      pid, ppid, uid, exec_id, parent_exec_id, decision, rule, subject, payload) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
 
-const SESSION_UPSERT_SQL: &str = "INSERT INTO sessions (id, first_ts, last_ts) VALUES (?1, ?2, ?3) \
-     ON CONFLICT (id) DO UPDATE SET first_ts = min(first_ts, excluded.first_ts), \
-     last_ts = max(last_ts, excluded.last_ts)";
+const SESSION_UPDATE_SQL: &str = "UPDATE sessions SET first_ts = min(first_ts, ?2), \
+     last_ts = max(last_ts, ?3) WHERE id = ?1";
+
+const SPAN_UPSERT_SQL: &str = "INSERT INTO spans (what, name, session, first_id, last_id) \
+     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (what, name, session) DO UPDATE SET \
+     first_id = min(first_id, excluded.first_id), last_id = max(last_id, excluded.last_id)";
+
+/// Attempts at `ts + 0, 1, 2, ...` ns for an event whose time is taken,
+/// before it is stored just after the newest event instead.
+const ID_PROBES: i64 = 64;
+
+/// `SQLITE_CONSTRAINT_PRIMARYKEY`: the id (time) is taken.
+const PK_TAKEN: std::ffi::c_int = 1555;
 
 /// An open event store. One `Store` is one SQLite connection; the daemon's
 /// [`StoreWriter`] owns the writing one, and readers (`agentmon events`, the
@@ -58,8 +69,9 @@ pub struct Store {
     conn: Connection,
     path: PathBuf,
     retention: RetentionConfig,
-    /// Reused serialization buffer for payloads.
-    buf: Vec<u8>,
+    /// Interned names: kind and session name to their row id.
+    kinds: HashMap<String, i64>,
+    sessions: HashMap<String, i64>,
 }
 
 /// What happened to one batch.
@@ -134,6 +146,7 @@ impl Store {
         };
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(err("setting busy timeout"))?;
+        conn.set_prepared_statement_cache_capacity(64);
         let on_disk = schema::inspect(&conn).map_err(err("reading schema"))?;
         let from = match on_disk {
             schema::OnDisk::Foreign => return Err(StoreError::Foreign { path }),
@@ -178,7 +191,8 @@ impl Store {
             conn,
             path,
             retention,
-            buf: Vec::with_capacity(1024),
+            kinds: HashMap::new(),
+            sessions: HashMap::new(),
         })
     }
 
@@ -206,6 +220,7 @@ impl Store {
         })?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| StoreError::sqlite(&path, "setting busy timeout", e))?;
+        conn.set_prepared_statement_cache_capacity(64);
         match schema::inspect(&conn).map_err(|e| StoreError::sqlite(&path, "reading schema", e))? {
             schema::OnDisk::Empty => Err(StoreError::NotFound { path }),
             schema::OnDisk::Foreign => Err(StoreError::Foreign { path }),
@@ -223,7 +238,8 @@ impl Store {
                 conn,
                 path,
                 retention: RetentionConfig::default(),
-                buf: Vec::new(),
+                kinds: HashMap::new(),
+                sessions: HashMap::new(),
             }),
         }
     }
@@ -247,60 +263,137 @@ impl Store {
         StoreError::sqlite(&self.path, op, e)
     }
 
-    /// Inserts `records` in one transaction with a prepared statement.
+    /// Inserts `records` in one transaction with prepared statements.
     /// Records that fail validation or whose row insert fails are skipped and
     /// reported in the outcome; only a failure of the transaction itself
     /// (disk full, I/O error, corruption) is an `Err`, and then nothing of
     /// the batch is stored.
     pub fn insert_batch(&mut self, records: &[Record]) -> Result<BatchOutcome, StoreError> {
+        let packed: Vec<Result<Packed, RecordError>> = records.iter().map(Packed::new).collect();
+        self.insert_packed(&packed)
+    }
+
+    /// [`Store::insert_batch`] for records packed (and so validated) by the
+    /// producer; entries that failed packing are reported as rejected.
+    pub fn insert_packed(
+        &mut self,
+        records: &[Result<Packed, RecordError>],
+    ) -> Result<BatchOutcome, StoreError> {
+        let res = self.insert_batch_inner(records);
+        if res.is_err() {
+            // Names interned inside the failed transaction were rolled back.
+            self.kinds.clear();
+            self.sessions.clear();
+        }
+        res
+    }
+
+    fn insert_batch_inner(
+        &mut self,
+        records: &[Result<Packed, RecordError>],
+    ) -> Result<BatchOutcome, StoreError> {
         let mut outcome = BatchOutcome::default();
-        let mut sessions: HashMap<&str, (i64, i64)> = HashMap::new();
-        let buf = &mut self.buf;
-        let path = &self.path;
+        let Store {
+            conn,
+            path,
+            kinds,
+            sessions,
+            ..
+        } = self;
+        let path: &Path = path;
         let err = |op| move |e| StoreError::sqlite(path, op, e);
-        let tx = self
-            .conn
+        let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(err("beginning batch"))?;
+        // Per batch: each session's time range, each conversation's and
+        // call's id window per session.
+        let mut session_ts: HashMap<i64, (i64, i64)> = HashMap::new();
+        let mut spans: HashMap<(i64, &str, i64), (i64, i64)> = HashMap::new();
         {
             let mut stmt = tx
                 .prepare_cached(INSERT_SQL)
                 .map_err(err("preparing insert"))?;
             for (i, r) in records.iter().enumerate() {
-                if let Err(e) = r.validate() {
-                    outcome.rejected.push((i, e));
-                    continue;
-                }
-                buf.clear();
-                if let Err(e) = serde_json::to_writer(&mut *buf, &r.payload) {
-                    outcome.rejected.push((i, RecordError::Payload(e.to_string())));
-                    continue;
-                }
-                let payload = ToSqlOutput::Borrowed(ValueRef::Text(buf));
-                match stmt.execute(rusqlite::params![
-                    r.ts_unix_ns,
-                    r.kind,
-                    r.session_id,
-                    r.conversation_id,
-                    r.call_id,
-                    r.pid,
-                    r.ppid,
-                    r.uid,
-                    r.exec_id,
-                    r.parent_exec_id,
-                    r.decision,
-                    r.rule,
-                    r.subject,
-                    payload,
-                ]) {
+                let r = match r {
+                    Ok(r) => r,
+                    Err(e) => {
+                        outcome.rejected.push((i, e.clone()));
+                        continue;
+                    }
+                };
+                let kind = intern_kind(&tx, kinds, r.kind()).map_err(err("interning kind"))?;
+                let conversation_id = r.get(Field::Conversation);
+                let call_id = r.get(Field::Call);
+                let session = match r.get(Field::Session) {
+                    Some(s) => Some(
+                        intern_session(&tx, sessions, s, r.ts_unix_ns)
+                            .map_err(err("interning session"))?,
+                    ),
+                    None => None,
+                };
+                let payload = ToSqlOutput::Borrowed(ValueRef::Text(
+                    r.get(Field::Payload).unwrap_or("null").as_bytes(),
+                ));
+                let mut id = r.ts_unix_ns;
+                let mut probes = 0;
+                let res = loop {
+                    let res = stmt.execute(rusqlite::params![
+                        id,
+                        r.ts_unix_ns,
+                        kind,
+                        session,
+                        conversation_id,
+                        call_id,
+                        r.pid,
+                        r.ppid,
+                        r.uid,
+                        r.get(Field::ExecId),
+                        r.get(Field::ParentExecId),
+                        r.get(Field::Decision),
+                        r.get(Field::Rule),
+                        r.get(Field::Subject),
+                        payload,
+                    ]);
+                    match &res {
+                        Err(rusqlite::Error::SqliteFailure(f, _))
+                            if f.extended_code == PK_TAKEN =>
+                        {
+                            probes += 1;
+                            id = if probes < ID_PROBES {
+                                r.ts_unix_ns.saturating_add(probes)
+                            } else {
+                                // A run of 64 taken nanoseconds: store it
+                                // after the newest event instead.
+                                let newest = tx
+                                    .query_row("SELECT max(id) FROM events", [], |row| {
+                                        row.get::<_, Option<i64>>(0)
+                                    })
+                                    .map_err(err("finding newest event"))?
+                                    .unwrap_or(0);
+                                newest.max(id).saturating_add(1)
+                            };
+                        }
+                        _ => break res,
+                    }
+                };
+                match res {
                     Ok(_) => {
                         outcome.inserted += 1;
-                        if let Some(s) = &r.session_id {
-                            let e = sessions
-                                .entry(s.as_str())
-                                .or_insert((r.ts_unix_ns, r.ts_unix_ns));
+                        let sref = session.unwrap_or(0);
+                        if let Some(s) = session {
+                            let e = session_ts.entry(s).or_insert((r.ts_unix_ns, r.ts_unix_ns));
                             e.0 = e.0.min(r.ts_unix_ns);
                             e.1 = e.1.max(r.ts_unix_ns);
+                        }
+                        for (what, name) in [
+                            (schema::SPAN_CONVERSATION, conversation_id),
+                            (schema::SPAN_CALL, call_id),
+                        ] {
+                            if let Some(name) = name {
+                                let e = spans.entry((what, name, sref)).or_insert((id, id));
+                                e.0 = e.0.min(id);
+                                e.1 = e.1.max(id);
+                            }
                         }
                     }
                     Err(e) => match e.sqlite_error_code() {
@@ -309,23 +402,40 @@ impl Store {
                             rusqlite::ErrorCode::ConstraintViolation
                             | rusqlite::ErrorCode::TooBig
                             | rusqlite::ErrorCode::TypeMismatch,
-                        ) => outcome.rejected.push((i, RecordError::Insert(e.to_string()))),
+                        ) => outcome
+                            .rejected
+                            .push((i, RecordError::Insert(e.to_string()))),
                         _ => return Err(StoreError::sqlite(path, "inserting", e)),
                     },
                 }
             }
-            if !sessions.is_empty() {
+            if !session_ts.is_empty() {
                 let mut up = tx
-                    .prepare_cached(SESSION_UPSERT_SQL)
-                    .map_err(err("preparing session upsert"))?;
-                for (id, (first, last)) in &sessions {
+                    .prepare_cached(SESSION_UPDATE_SQL)
+                    .map_err(err("preparing session update"))?;
+                for (id, (first, last)) in &session_ts {
                     up.execute((id, first, last))
                         .map_err(err("recording session"))?;
+                }
+            }
+            if !spans.is_empty() {
+                let mut up = tx
+                    .prepare_cached(SPAN_UPSERT_SQL)
+                    .map_err(err("preparing span upsert"))?;
+                for ((what, name, session), (first, last)) in &spans {
+                    up.execute((what, name, session, first, last))
+                        .map_err(err("recording span"))?;
                 }
             }
         }
         tx.commit().map_err(err("committing batch"))?;
         Ok(outcome)
+    }
+
+    /// Forgets interned names (after retention deleted some).
+    pub(crate) fn forget_interned(&mut self) {
+        self.kinds.clear();
+        self.sessions.clear();
     }
 
     /// Number of stored events.
@@ -354,6 +464,44 @@ impl Store {
         }
         Ok(total)
     }
+}
+
+fn intern_kind(
+    conn: &Connection,
+    cache: &mut HashMap<String, i64>,
+    name: &str,
+) -> rusqlite::Result<i64> {
+    if let Some(&id) = cache.get(name) {
+        return Ok(id);
+    }
+    conn.prepare_cached("INSERT INTO kinds (name) VALUES (?1) ON CONFLICT (name) DO NOTHING")?
+        .execute([name])?;
+    let id = conn
+        .prepare_cached("SELECT id FROM kinds WHERE name = ?1")?
+        .query_row([name], |r| r.get(0))?;
+    cache.insert(name.to_string(), id);
+    Ok(id)
+}
+
+fn intern_session(
+    conn: &Connection,
+    cache: &mut HashMap<String, i64>,
+    name: &str,
+    ts: i64,
+) -> rusqlite::Result<i64> {
+    if let Some(&id) = cache.get(name) {
+        return Ok(id);
+    }
+    conn.prepare_cached(
+        "INSERT INTO sessions (name, first_ts, last_ts) VALUES (?1, ?2, ?2) \
+         ON CONFLICT (name) DO NOTHING",
+    )?
+    .execute((name, ts))?;
+    let id = conn
+        .prepare_cached("SELECT id FROM sessions WHERE name = ?1")?
+        .query_row([name], |r| r.get(0))?;
+    cache.insert(name.to_string(), id);
+    Ok(id)
 }
 
 /// `events.db` → `events.db-wal` and the like.

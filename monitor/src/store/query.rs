@@ -83,65 +83,133 @@ pub struct Summary {
     pub by_decision: BTreeMap<String, u64>,
 }
 
-const COLUMNS: &str = "ts, kind, session_id, conversation_id, call_id, pid, ppid, uid, exec_id, \
-                       parent_exec_id, decision, rule, subject, payload";
+/// Events are keyed by time, bumped by a few nanoseconds when times
+/// collide; an `--until` bound on the key allows this much slack, and the
+/// exact `ts` column decides.
+const KEY_SLACK_NS: i64 = 1_000_000_000;
 
-fn record_from_row(row: &Row<'_>) -> rusqlite::Result<Record> {
-    let payload: String = row.get(13)?;
-    Ok(Record {
-        ts_unix_ns: row.get(0)?,
-        kind: row.get(1)?,
-        session_id: row.get(2)?,
-        conversation_id: row.get(3)?,
-        call_id: row.get(4)?,
-        pid: row.get(5)?,
-        ppid: row.get(6)?,
-        uid: row.get(7)?,
-        exec_id: row.get(8)?,
-        parent_exec_id: row.get(9)?,
-        decision: row.get(10)?,
-        rule: row.get(11)?,
-        subject: row.get(12)?,
-        // The writer only stores serde_json output; should a row be damaged
-        // anyway, show its raw text rather than hide the event.
-        payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload)),
-    })
+const SELECT: &str = "SELECT e.id, e.ts, k.name, s.name, e.conversation_id, e.call_id, e.pid, \
+     e.ppid, e.uid, e.exec_id, e.parent_exec_id, e.decision, e.rule, e.subject, e.payload \
+     FROM events e LEFT JOIN kinds k ON k.id = e.kind LEFT JOIN sessions s ON s.id = e.session";
+
+fn record_from_row(row: &Row<'_>) -> rusqlite::Result<(i64, Record)> {
+    let payload: String = row.get(14)?;
+    Ok((
+        row.get(0)?,
+        Record {
+            ts_unix_ns: row.get(1)?,
+            kind: row.get(2)?,
+            session_id: row.get(3)?,
+            conversation_id: row.get(4)?,
+            call_id: row.get(5)?,
+            pid: row.get(6)?,
+            ppid: row.get(7)?,
+            uid: row.get(8)?,
+            exec_id: row.get(9)?,
+            parent_exec_id: row.get(10)?,
+            decision: row.get(11)?,
+            rule: row.get(12)?,
+            subject: row.get(13)?,
+            // The writer only stores serde_json output; should a row be
+            // damaged anyway, show its raw text rather than hide the event.
+            payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload)),
+        },
+    ))
+}
+
+/// Which sessions a sub-query covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionSel {
+    Any,
+    Is(i64),
+    Null,
+}
+
+/// One index-ordered sub-query: a session, maybe a kind, an id window.
+#[derive(Debug, Clone, Copy)]
+struct Scope {
+    session: SessionSel,
+    kind: Option<i64>,
+    /// Inclusive lower and exclusive upper bound on `events.id`.
+    lo: Option<i64>,
+    hi: Option<i64>,
 }
 
 impl Store {
     /// Resolves `--session`: an exact id wins; otherwise a unique suffix of a
     /// known session id; otherwise the text itself (matching nothing).
     pub fn resolve_session(&self, given: &str) -> Result<String, StoreError> {
-        let exact: Option<String> = self
+        Ok(self
+            .resolve_session_ref(given)?
+            .map(|(_, name)| name)
+            .unwrap_or_else(|| given.to_string()))
+    }
+
+    fn resolve_session_ref(&self, given: &str) -> Result<Option<(i64, String)>, StoreError> {
+        let e = |e| self.sqlite("looking up session", e);
+        let exact: Option<(i64, String)> = self
             .conn
-            .query_row("SELECT id FROM sessions WHERE id = ?1", [given], |r| {
-                r.get(0)
+            .prepare_cached("SELECT id, name FROM sessions WHERE name = ?1")
+            .and_then(|mut st| {
+                st.query_row([given], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
             })
-            .optional()
-            .map_err(|e| self.sqlite("looking up session", e))?;
-        if let Some(id) = exact {
-            return Ok(id);
+            .map_err(e)?;
+        if exact.is_some() {
+            return Ok(exact);
         }
-        let mut stmt = self
+        let found = self
             .conn
             .prepare_cached(
-                "SELECT id FROM sessions WHERE length(id) > length(?1) \
-                 AND substr(id, -length(?1)) = ?1 ORDER BY id LIMIT 10",
+                "SELECT id, name FROM sessions WHERE length(name) > length(?1) \
+                 AND substr(name, -length(?1)) = ?1 ORDER BY name LIMIT 10",
             )
-            .map_err(|e| self.sqlite("looking up session", e))?;
-        let found = stmt
-            .query_map([given], |r| r.get::<_, String>(0))
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| self.sqlite("looking up session", e))?;
+            .and_then(|mut st| {
+                st.query_map([given], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                })?
+                .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(e)?;
         match found.len() {
-            0 => Ok(given.to_string()),
-            1 => Ok(found.into_iter().next().unwrap_or_default()),
+            0 | 1 => Ok(found.into_iter().next()),
             _ => Err(StoreError::AmbiguousSession {
                 path: self.path.clone(),
                 given: given.to_string(),
-                candidates: found,
+                candidates: found.into_iter().map(|(_, n)| n).collect(),
             }),
         }
+    }
+
+    fn ids(&self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<i64>, StoreError> {
+        self.conn
+            .prepare_cached(sql)
+            .and_then(|mut st| st.query_map(params, |r| r.get(0))?.collect())
+            .map_err(|e| self.sqlite("querying names", e))
+    }
+
+    /// Where a conversation or tool call occurs: (session, first id, last id).
+    fn spans(&self, what: i64, name: &str) -> Result<Vec<(SessionSel, i64, i64)>, StoreError> {
+        self.conn
+            .prepare_cached(
+                "SELECT session, first_id, last_id FROM spans WHERE what = ?1 AND name = ?2",
+            )
+            .and_then(|mut st| {
+                st.query_map((what, name), |r| {
+                    let s: i64 = r.get(0)?;
+                    Ok((
+                        if s == 0 {
+                            SessionSel::Null
+                        } else {
+                            SessionSel::Is(s)
+                        },
+                        r.get(1)?,
+                        r.get(2)?,
+                    ))
+                })?
+                .collect()
+            })
+            .map_err(|e| self.sqlite("querying spans", e))
     }
 
     /// Runs `q` with "ago" bounds counted from now.
@@ -150,77 +218,196 @@ impl Store {
     }
 
     /// Runs `q` with "ago" bounds counted from `now_ns`.
+    ///
+    /// The query is split into sub-queries that each read one `(session,
+    /// kind)` index range in time order (or the table itself, which is in
+    /// time order), each limited to `limit`; their results are merged.
     pub fn query_at(&self, q: &Query, now_ns: i64) -> Result<Vec<Record>, StoreError> {
-        let mut sql = format!("SELECT {COLUMNS} FROM events");
-        let mut params: Vec<SqlValue> = Vec::new();
-        let mut cond = |sql: &mut String, clause: &str, v: SqlValue| {
-            sql.push_str(if params.is_empty() { " WHERE " } else { " AND " });
-            params.push(v);
-            sql.push_str(&clause.replace('?', &format!("?{}", params.len())));
+        let since = q.since.map(|t| t.resolve(now_ns));
+        let until = q.until.map(|t| t.resolve(now_ns));
+        let mut base = Scope {
+            session: SessionSel::Any,
+            kind: None,
+            lo: since,
+            hi: until.map(|u| u.saturating_add(KEY_SLACK_NS)),
         };
         if let Some(s) = &q.session {
-            let id = self.resolve_session(s)?;
-            cond(&mut sql, "session_id = ?", SqlValue::Text(id));
+            match self.resolve_session_ref(s)? {
+                Some((id, _)) => base.session = SessionSel::Is(id),
+                None => return Ok(Vec::new()),
+            }
         }
         if let Some(k) = &q.kind {
-            cond(&mut sql, "kind = ?", SqlValue::Text(k.clone()));
+            match self
+                .ids("SELECT id FROM kinds WHERE name = ?1", [k])?
+                .first()
+            {
+                Some(&id) => base.kind = Some(id),
+                None => return Ok(Vec::new()),
+            }
         }
-        if let Some(d) = &q.decision {
-            cond(&mut sql, "decision = ?", SqlValue::Text(d.clone()));
+        let mut scopes = vec![base];
+        // Narrow to where the conversation / call occurs.
+        for (what, name) in [
+            (super::schema::SPAN_CONVERSATION, &q.conversation),
+            (super::schema::SPAN_CALL, &q.call),
+        ] {
+            let Some(name) = name else { continue };
+            let spans = self.spans(what, name)?;
+            scopes = scopes
+                .iter()
+                .flat_map(|sc| {
+                    spans.iter().filter_map(move |&(session, first, last)| {
+                        (sc.session == SessionSel::Any || sc.session == session).then_some(Scope {
+                            session,
+                            lo: Some(sc.lo.map_or(first, |lo| lo.max(first))),
+                            hi: Some(sc.hi.map_or(last + 1, |hi| hi.min(last + 1))),
+                            ..*sc
+                        })
+                    })
+                })
+                .collect();
         }
-        if let Some(c) = &q.conversation {
-            cond(&mut sql, "conversation_id = ?", SqlValue::Text(c.clone()));
+        // Make every sub-query an index range in time order: a session
+        // without a kind reads each kind's range; a kind without a session
+        // reads each session's range.
+        let mut expanded = Vec::new();
+        for sc in scopes {
+            if sc.lo.zip(sc.hi).is_some_and(|(lo, hi)| lo >= hi) {
+                continue;
+            }
+            match (sc.session, sc.kind) {
+                (SessionSel::Any, Some(_)) => {
+                    let sessions = self.ids(
+                        "SELECT id FROM sessions WHERE last_ts >= ?1 AND first_ts < ?2",
+                        (since.unwrap_or(i64::MIN), until.unwrap_or(i64::MAX)),
+                    )?;
+                    expanded.extend(
+                        sessions
+                            .into_iter()
+                            .map(SessionSel::Is)
+                            .chain([SessionSel::Null])
+                            .map(|session| Scope { session, ..sc }),
+                    );
+                }
+                (SessionSel::Is(_) | SessionSel::Null, None) => {
+                    let kinds = self.ids("SELECT id FROM kinds", [])?;
+                    expanded.extend(kinds.into_iter().map(|k| Scope {
+                        kind: Some(k),
+                        ..sc
+                    }));
+                }
+                _ => expanded.push(sc),
+            }
         }
-        if let Some(c) = &q.call {
-            cond(&mut sql, "call_id = ?", SqlValue::Text(c.clone()));
+        let mut out: Vec<(i64, Record)> = Vec::new();
+        for sc in &expanded {
+            out.extend(self.run_scope(sc, q, since, until)?);
         }
-        if let Some(t) = q.since {
-            cond(&mut sql, "ts >= ?", SqlValue::Integer(t.resolve(now_ns)));
+        out.sort_unstable_by_key(|(id, _)| std::cmp::Reverse(*id));
+        if q.limit > 0 {
+            out.truncate(q.limit);
         }
-        if let Some(t) = q.until {
-            cond(&mut sql, "ts < ?", SqlValue::Integer(t.resolve(now_ns)));
+        Ok(out.into_iter().rev().map(|(_, r)| r).collect())
+    }
+
+    fn run_scope(
+        &self,
+        sc: &Scope,
+        q: &Query,
+        since: Option<i64>,
+        until: Option<i64>,
+    ) -> Result<Vec<(i64, Record)>, StoreError> {
+        let mut sql = String::from(SELECT);
+        let mut params: Vec<SqlValue> = Vec::new();
+        let mut cond = |clause: &str, v: Option<SqlValue>| {
+            sql.push_str(if sql.len() == SELECT.len() {
+                " WHERE "
+            } else {
+                " AND "
+            });
+            match v {
+                Some(v) => {
+                    params.push(v);
+                    sql.push_str(&clause.replace('?', &format!("?{}", params.len())));
+                }
+                None => sql.push_str(clause),
+            }
+        };
+        match sc.session {
+            SessionSel::Any => {}
+            SessionSel::Is(s) => cond("e.session = ?", Some(SqlValue::Integer(s))),
+            SessionSel::Null => cond("e.session IS NULL", None),
+        }
+        if let Some(k) = sc.kind {
+            cond("e.kind = ?", Some(SqlValue::Integer(k)));
+        }
+        if let Some(lo) = sc.lo {
+            cond("e.id >= ?", Some(SqlValue::Integer(lo)));
+        }
+        if let Some(hi) = sc.hi {
+            cond("e.id < ?", Some(SqlValue::Integer(hi)));
+        }
+        if let Some(t) = since {
+            cond("e.ts >= ?", Some(SqlValue::Integer(t)));
+        }
+        if let Some(t) = until {
+            cond("e.ts < ?", Some(SqlValue::Integer(t)));
+        }
+        for (col, v) in [
+            ("e.decision = ?", &q.decision),
+            ("e.conversation_id = ?", &q.conversation),
+            ("e.call_id = ?", &q.call),
+        ] {
+            if let Some(v) = v {
+                cond(col, Some(SqlValue::Text(v.clone())));
+            }
         }
         let limit = if q.limit == 0 { -1 } else { q.limit as i64 };
         params.push(SqlValue::Integer(limit));
-        sql.push_str(&format!(" ORDER BY ts DESC, id DESC LIMIT ?{}", params.len()));
-        let mut stmt = self
-            .conn
+        sql.push_str(&format!(" ORDER BY e.id DESC LIMIT ?{}", params.len()));
+        self.conn
             .prepare_cached(&sql)
-            .map_err(|e| self.sqlite("preparing query", e))?;
-        let mut out = stmt
-            .query_map(rusqlite::params_from_iter(params), record_from_row)
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| self.sqlite("querying events", e))?;
-        out.reverse();
-        Ok(out)
+            .and_then(|mut st| {
+                st.query_map(rusqlite::params_from_iter(params), record_from_row)?
+                    .collect()
+            })
+            .map_err(|e| self.sqlite("querying events", e))
     }
 
     /// Event counts by kind and by decision, and the first and last event
     /// time, for one session (exact id).
     pub fn session_summary(&self, session_id: &str) -> Result<Summary, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT kind, decision, count(*), min(ts), max(ts) FROM events \
-                 WHERE session_id = ?1 GROUP BY kind, decision",
-            )
-            .map_err(|e| self.sqlite("preparing summary", e))?;
-        let rows = stmt
-            .query_map([session_id], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, Option<String>>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, i64>(4)?,
-                ))
-            })
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| self.sqlite("summarising session", e))?;
         let mut s = Summary {
             session_id: session_id.to_string(),
             ..Summary::default()
         };
+        let Some(sref) = self
+            .ids("SELECT id FROM sessions WHERE name = ?1", [session_id])?
+            .first()
+            .copied()
+        else {
+            return Ok(s);
+        };
+        let rows = self
+            .conn
+            .prepare_cached(
+                "SELECT k.name, e.decision, count(*), min(e.ts), max(e.ts) FROM events e \
+                 LEFT JOIN kinds k ON k.id = e.kind WHERE e.session = ?1 GROUP BY e.kind, e.decision",
+            )
+            .and_then(|mut st| {
+                st.query_map([sref], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, Option<String>>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, i64>(4)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(|e| self.sqlite("summarising session", e))?;
         for (kind, decision, n, first, last) in rows {
             let n = n as u64;
             s.total += n;

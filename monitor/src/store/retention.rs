@@ -106,6 +106,8 @@ enum Phase {
 pub(crate) struct RetentionRun {
     phase: Phase,
     cutoff_ns: Option<i64>,
+    /// Rows left, counted when deletion by size starts.
+    rows: Option<u64>,
     pub(crate) report: RetentionReport,
 }
 
@@ -121,9 +123,9 @@ impl Store {
         let max_age = self.retention.max_age;
         Ok(RetentionRun {
             phase: Phase::Age,
-            cutoff_ns: (!max_age.is_zero()).then(|| {
-                now_ns.saturating_sub(max_age.as_nanos().min(i64::MAX as u128) as i64)
-            }),
+            cutoff_ns: (!max_age.is_zero())
+                .then(|| now_ns.saturating_sub(max_age.as_nanos().min(i64::MAX as u128) as i64)),
+            rows: None,
             report: RetentionReport {
                 bytes_before: self.disk_usage()?,
                 ..RetentionReport::default()
@@ -144,14 +146,15 @@ impl Store {
     }
 
     fn delete_oldest(&mut self, before_ns: Option<i64>, n: i64) -> Result<u64, StoreError> {
+        // `id` is the event time (see schema.rs): the table is in time order.
         let changed = match before_ns {
             Some(cut) => self.conn.execute(
                 "DELETE FROM events WHERE id IN \
-                 (SELECT id FROM events WHERE ts < ?1 ORDER BY ts LIMIT ?2)",
+                 (SELECT id FROM events WHERE id < ?1 ORDER BY id LIMIT ?2)",
                 (cut, n),
             ),
             None => self.conn.execute(
-                "DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY ts LIMIT ?1)",
+                "DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY id LIMIT ?1)",
                 [n],
             ),
         }
@@ -184,20 +187,20 @@ impl RetentionRun {
                         cfg.high_water()
                     };
                     if used > limit {
-                        // Rows are roughly equal in size: delete the share of
-                        // rows that matches the share of excess bytes.
-                        let (lo, hi): (Option<i64>, Option<i64>) = store
-                            .conn
-                            .query_row("SELECT min(id), max(id) FROM events", [], |r| {
-                                Ok((r.get(0)?, r.get(1)?))
-                            })
-                            .map_err(|e| store.sqlite("measuring events", e))?;
-                        if let (Some(lo), Some(hi)) = (lo, hi) {
-                            let rows = (hi - lo + 1).max(1) as u128;
+                        let rows = match self.rows {
+                            Some(n) => n,
+                            None => store.count()?,
+                        };
+                        if rows > 0 {
+                            // Rows are roughly equal in size: delete the share
+                            // of rows that matches the share of excess bytes.
                             let excess = (used - cfg.low_water()) as u128;
-                            let n = (rows * excess).div_ceil(used as u128).clamp(1, CHUNK as u128);
+                            let n = (rows as u128 * excess)
+                                .div_ceil(used as u128)
+                                .clamp(1, CHUNK as u128);
                             let deleted = store.delete_oldest(None, n as i64)?;
                             self.report.deleted_by_size += deleted;
+                            self.rows = Some(rows.saturating_sub(deleted));
                             if deleted > 0 {
                                 return Ok(true);
                             }
@@ -210,12 +213,14 @@ impl RetentionRun {
                 if self.report.deleted_by_age + self.report.deleted_by_size > 0 {
                     store
                         .conn
-                        .execute(
-                            "DELETE FROM sessions WHERE last_ts < \
-                             coalesce((SELECT min(ts) FROM events), 9223372036854775807)",
-                            [],
+                        .execute_batch(
+                            "DELETE FROM spans WHERE last_id < \
+                                 coalesce((SELECT min(id) FROM events), 9223372036854775807);
+                             DELETE FROM sessions WHERE NOT EXISTS \
+                                 (SELECT 1 FROM events WHERE events.session = sessions.id);",
                         )
                         .map_err(|e| store.sqlite("pruning sessions", e))?;
+                    store.forget_interned();
                 }
                 self.phase = Phase::Vacuum;
             }

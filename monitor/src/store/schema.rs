@@ -13,16 +13,40 @@ pub const CURRENT_VERSION: i64 = 1;
 /// `(version, SQL)`; applied in order, each inside the opening transaction.
 const MIGRATIONS: &[(i64, &str)] = &[(1, V1)];
 
-/// Version 1. `payload` is compact JSON text and the last column, so the
-/// filter columns sit at the front of each row. Indexes end in `ts` so every
-/// filtered query reads rows already in time order; the rarely-set columns
-/// get partial indexes, which cost nothing on rows that lack them.
+/// Version 1, laid out for insert speed (see README.md):
+/// - `events.id` is the event time in Unix nanoseconds, bumped by a few
+///   nanoseconds when two events share a time, so the table itself is the
+///   time index and every index entry ends in time order for free;
+/// - kinds and sessions are interned to small integers, so the one
+///   composite index `(session, kind)` compares integers;
+/// - conversations and tool calls are found through `spans` (which session
+///   and which id window they occur in, kept per batch by the writer)
+///   instead of per-row indexes;
+/// - `payload` is compact JSON text and the last column.
 const V1: &str = "
+CREATE TABLE kinds (
+    id   INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE
+);
+CREATE TABLE sessions (
+    id       INTEGER PRIMARY KEY,
+    name     TEXT NOT NULL UNIQUE,
+    first_ts INTEGER NOT NULL,
+    last_ts  INTEGER NOT NULL
+);
+CREATE TABLE spans (
+    what     INTEGER NOT NULL, -- 1 conversation, 2 tool call
+    name     TEXT NOT NULL,
+    session  INTEGER NOT NULL, -- sessions.id, 0 for none
+    first_id INTEGER NOT NULL,
+    last_id  INTEGER NOT NULL,
+    PRIMARY KEY (what, name, session)
+) WITHOUT ROWID;
 CREATE TABLE events (
     id              INTEGER PRIMARY KEY,
     ts              INTEGER NOT NULL,
-    kind            TEXT NOT NULL,
-    session_id      TEXT,
+    kind            INTEGER NOT NULL,
+    session         INTEGER,
     conversation_id TEXT,
     call_id         TEXT,
     pid             INTEGER,
@@ -35,18 +59,13 @@ CREATE TABLE events (
     subject         TEXT,
     payload         TEXT NOT NULL
 );
-CREATE INDEX events_ts ON events (ts);
-CREATE INDEX events_session_ts ON events (session_id, ts) WHERE session_id IS NOT NULL;
-CREATE INDEX events_kind_ts ON events (kind, ts);
-CREATE INDEX events_decision_ts ON events (decision, ts) WHERE decision IS NOT NULL;
-CREATE INDEX events_conversation_ts ON events (conversation_id, ts) WHERE conversation_id IS NOT NULL;
-CREATE INDEX events_call_ts ON events (call_id, ts) WHERE call_id IS NOT NULL;
-CREATE TABLE sessions (
-    id       TEXT PRIMARY KEY,
-    first_ts INTEGER NOT NULL,
-    last_ts  INTEGER NOT NULL
-) WITHOUT ROWID;
+CREATE INDEX events_session_kind ON events (session, kind);
+CREATE INDEX events_decision ON events (decision) WHERE decision IS NOT NULL;
 ";
+
+/// `spans.what` values.
+pub(crate) const SPAN_CONVERSATION: i64 = 1;
+pub(crate) const SPAN_CALL: i64 = 2;
 
 /// What the file holds before any migration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

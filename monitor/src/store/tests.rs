@@ -98,7 +98,13 @@ fn dataset() -> Vec<Record> {
     let kinds = ["exec", "file_open", "net_connect"];
     let decisions = [None, Some("allowed"), Some("denied"), Some("would_deny")];
     let convs = [None, Some("conv-1"), Some("conv-2")];
-    let calls = [None, Some("call-1"), Some("call-2"), Some("call-3"), Some("call-4")];
+    let calls = [
+        None,
+        Some("call-1"),
+        Some("call-2"),
+        Some("call-3"),
+        Some("call-4"),
+    ];
     (0..600i64)
         .map(|i| {
             // Scrambled order of times, with duplicates, to exercise ordering.
@@ -117,7 +123,8 @@ fn dataset() -> Vec<Record> {
 
 fn reference(data: &[Record], q: &Query, now: i64) -> Vec<Record> {
     let eq = |want: &Option<String>, have: &Option<String>| {
-        want.as_ref().is_none_or(|w| have.as_deref() == Some(w.as_str()))
+        want.as_ref()
+            .is_none_or(|w| have.as_deref() == Some(w.as_str()))
     };
     // Stable sort by time keeps insertion order among equal times.
     let mut hits: Vec<Record> = data
@@ -209,6 +216,48 @@ fn results_are_in_time_order_and_limit_keeps_the_latest() {
 }
 
 #[test]
+fn events_sharing_a_time_keep_their_time_and_order() {
+    let dir = tmp();
+    let mut s = open(&dir);
+    // 100 events at one nanosecond: more than the 64 probes, so the
+    // fallback placement is exercised too; then one a nanosecond later.
+    let mut batch: Vec<Record> = (0..100)
+        .map(|i| {
+            let mut r = rec(7 * SEC, "exec");
+            r.pid = Some(i);
+            r
+        })
+        .collect();
+    batch.push(rec(7 * SEC + 1, "fork"));
+    s.insert_batch(&batch).unwrap();
+    // A late event that lands among the taken keys.
+    s.insert_batch(&[rec(7 * SEC + 3, "exit")]).unwrap();
+    let got = s.query(&Query::default()).unwrap();
+    assert_eq!(got.len(), 102);
+    let exec_pids: Vec<u32> = got
+        .iter()
+        .filter(|r| r.kind == "exec")
+        .map(|r| r.pid.unwrap())
+        .collect();
+    assert_eq!(exec_pids, (0..100).collect::<Vec<_>>());
+    assert!(got
+        .iter()
+        .all(|r| r.ts_unix_ns >= 7 * SEC && r.ts_unix_ns <= 7 * SEC + 3));
+    // --until is decided on the exact time, not on the key.
+    let until = s
+        .query_at(
+            &Query {
+                until: Some(TimeBound::At(7 * SEC + 1)),
+                ..Query::default()
+            },
+            0,
+        )
+        .unwrap();
+    assert_eq!(until.len(), 100);
+    assert!(until.iter().all(|r| r.kind == "exec"));
+}
+
+#[test]
 fn session_suffix_resolves_and_ambiguity_is_an_error() {
     let dir = tmp();
     let mut s = open(&dir);
@@ -234,7 +283,10 @@ fn session_suffix_resolves_and_ambiguity_is_an_error() {
         })
     };
     assert_eq!(by(ids[0]).unwrap().len(), 1);
-    assert_eq!(by(short_session(ids[0])).unwrap()[0].session_id.as_deref(), Some(ids[0]));
+    assert_eq!(
+        by(short_session(ids[0])).unwrap()[0].session_id.as_deref(),
+        Some(ids[0])
+    );
     assert_eq!(by("aaaa").unwrap()[0].session_id.as_deref(), Some(ids[2]));
     assert!(by("no-such-session").unwrap().is_empty());
     match by("8057") {
@@ -351,11 +403,20 @@ fn retention_by_size_keeps_the_newest_under_the_budget() {
         s.insert_batch(&batch).unwrap();
     }
     let before = s.disk_usage().unwrap();
-    assert!(before > 4 * max_bytes, "test data too small: {before} bytes");
+    assert!(
+        before > 4 * max_bytes,
+        "test data too small: {before} bytes"
+    );
     let report = s.enforce_retention().unwrap();
     let after = s.disk_usage().unwrap();
-    assert!(after <= max_bytes, "{after} bytes left of a {max_bytes} budget: {report:?}");
-    assert!(report.deleted_by_size > 0 && report.vacuumed_pages > 0, "{report:?}");
+    assert!(
+        after <= max_bytes,
+        "{after} bytes left of a {max_bytes} budget: {report:?}"
+    );
+    assert!(
+        report.deleted_by_size > 0 && report.vacuumed_pages > 0,
+        "{report:?}"
+    );
     let left = s.query(&Query::default()).unwrap();
     assert!(!left.is_empty());
     // What is left is exactly the newest events, without gaps.
@@ -419,12 +480,18 @@ fn writer_stores_everything_it_accepts() {
     for p in producers {
         p.join().unwrap();
     }
-    assert!(w.try_send(rec(1, "")), "a bad record is still accepted by the channel");
+    assert!(
+        !w.try_send(rec(1, "")),
+        "a bad record is refused at the door"
+    );
+    assert_eq!(w.stats().snapshot().rejected, 1);
     w.flush().unwrap();
     let st = w.stats().snapshot();
     assert_eq!(st.inserted, 10_000);
     assert_eq!(st.rejected, 1);
     assert_eq!((st.dropped_full, st.errors, st.lost), (0, 0, 0));
+    // The writer's invariant: what entered the channel is stored, rejected
+    // or lost, never silently gone.
     assert!(st.batches >= 3, "batches of at most 4096: {st:?}");
     let reader = Store::open_read_only(&path).unwrap();
     assert_eq!(reader.count().unwrap(), 10_000);
@@ -470,8 +537,13 @@ fn full_channel_drops_are_counted_never_blocking() {
     let blocker = rusqlite::Connection::open(&path).unwrap();
     blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
     let sent = 1_000u64;
-    let accepted = (0..sent).filter(|&i| w.try_send(rec(i as i64, "exec"))).count() as u64;
-    assert!(accepted <= (capacity + batch_max) as u64, "accepted {accepted}");
+    let accepted = (0..sent)
+        .filter(|&i| w.try_send(rec(i as i64, "exec")))
+        .count() as u64;
+    assert!(
+        accepted <= (capacity + batch_max) as u64,
+        "accepted {accepted}"
+    );
     let st = w.stats().snapshot();
     assert_eq!(st.dropped_full, sent - accepted);
     assert!(st.dropped_full >= sent - (capacity + batch_max) as u64);
@@ -481,7 +553,10 @@ fn full_channel_drops_are_counted_never_blocking() {
     assert_eq!(st.inserted, accepted);
     assert_eq!(st.inserted + st.dropped_full, sent);
     assert_eq!((st.errors, st.lost), (0, 0));
-    assert_eq!(Store::open_read_only(&path).unwrap().count().unwrap(), accepted);
+    assert_eq!(
+        Store::open_read_only(&path).unwrap().count().unwrap(),
+        accepted
+    );
 }
 
 #[test]
@@ -614,7 +689,11 @@ fn reopening_keeps_data_and_read_only_needs_an_existing_store() {
 fn corrupted_file_is_a_clear_error() {
     let dir = tmp();
     let path = dir.path().join("events.db");
-    std::fs::write(&path, b"this is not a database at all, just some text".repeat(200)).unwrap();
+    std::fs::write(
+        &path,
+        b"this is not a database at all, just some text".repeat(200),
+    )
+    .unwrap();
     for res in [
         Store::open(&path, no_retention()).err(),
         Store::open_read_only(&path).err(),
@@ -622,7 +701,10 @@ fn corrupted_file_is_a_clear_error() {
         let e = res.expect("garbage must not open");
         assert!(matches!(e, StoreError::Corrupt { .. }), "{e:?}");
         let msg = e.to_string();
-        assert!(msg.contains(&path.display().to_string()) && msg.contains("corrupt"), "{msg}");
+        assert!(
+            msg.contains(&path.display().to_string()) && msg.contains("corrupt"),
+            "{msg}"
+        );
     }
 }
 
@@ -644,7 +726,9 @@ fn damaged_schema_page_is_a_clear_error() {
         *b = 0xa5;
     }
     std::fs::write(&path, &bytes).unwrap();
-    let e = Store::open_read_only(&path).err().expect("damaged file must not open");
+    let e = Store::open_read_only(&path)
+        .err()
+        .expect("damaged file must not open");
     assert!(matches!(e, StoreError::Corrupt { .. }), "{e:?}");
 }
 
@@ -666,7 +750,11 @@ fn newer_schema_is_refused() {
         Store::open_read_only(&path).err(),
     ] {
         match res {
-            Some(e @ StoreError::SchemaTooNew { found, supported, .. }) => {
+            Some(
+                e @ StoreError::SchemaTooNew {
+                    found, supported, ..
+                },
+            ) => {
                 assert_eq!((found, supported), (CURRENT_VERSION + 1, CURRENT_VERSION));
                 let msg = e.to_string();
                 assert!(msg.contains("events.db") && msg.contains("newer"), "{msg}");
@@ -737,7 +825,10 @@ fn time_bounds_parse_durations_and_times() {
         let e = TimeBound::parse(bad).unwrap_err();
         assert!(e.to_string().contains("10m"), "{e}");
     }
-    assert_eq!(TimeBound::Ago(Duration::from_secs(1)).resolve(5 * SEC), 4 * SEC);
+    assert_eq!(
+        TimeBound::Ago(Duration::from_secs(1)).resolve(5 * SEC),
+        4 * SEC
+    );
     assert_eq!(TimeBound::Ago(Duration::MAX).resolve(0), -i64::MAX);
 }
 
@@ -760,7 +851,10 @@ mod cli_tests {
     #[test]
     fn bad_flags_name_the_flag_and_the_format() {
         let e = parse(&["--since", "10x"]).err().unwrap().to_string();
-        assert!(e.contains("--since") && e.contains("10x") && e.contains("10m"), "{e}");
+        assert!(
+            e.contains("--since") && e.contains("10x") && e.contains("10m"),
+            "{e}"
+        );
         let e = parse(&["--until", "soon"]).err().unwrap().to_string();
         assert!(e.contains("--until"), "{e}");
         let e = parse(&["--decision", "nope"]).err().unwrap().to_string();
@@ -796,9 +890,18 @@ mod cli_tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3, "{text}");
         assert!(lines[0].starts_with("TIME (UTC)"), "{text}");
-        assert!(lines[1].starts_with("2024-05-01T12:00:00.123Z  099a8057  exec"), "{text}");
-        assert!(lines[1].contains("denied") && lines[1].contains("\\u{1b}[2J"), "{text}");
-        assert!(!text.contains('\u{1b}'), "control characters must be escaped");
+        assert!(
+            lines[1].starts_with("2024-05-01T12:00:00.123Z  099a8057  exec"),
+            "{text}"
+        );
+        assert!(
+            lines[1].contains("denied") && lines[1].contains("\\u{1b}[2J"),
+            "{text}"
+        );
+        assert!(
+            !text.contains('\u{1b}'),
+            "control characters must be escaped"
+        );
         // Columns line up: KIND starts at the same offset on every line.
         let col = lines[0].find("KIND").unwrap();
         assert_eq!(&lines[2][col..col + 9], "file_open");
@@ -830,7 +933,9 @@ mod cli_tests {
         let dir = tmp();
         let db = dir.path().join("nope.db");
         let args = parse(&["--db", db.to_str().unwrap()]).unwrap();
-        let e = run_events_to(&args, &mut Vec::new()).unwrap_err().to_string();
+        let e = run_events_to(&args, &mut Vec::new())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("nope.db") && e.contains("AGENTMON_DB"), "{e}");
     }
 }

@@ -17,7 +17,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{retention::RetentionRun, Record, Store, StoreError};
+use super::{retention::RetentionRun, Packed, Record, RecordError, Store, StoreError};
 
 /// Tuning of the writer. Defaults: 65 536 queued records, batches of up to
 /// 4 096 records, 100 ms linger.
@@ -109,8 +109,11 @@ impl WriterStats {
     }
 }
 
+// Nearly every message is a record; boxing it would cost an allocation per
+// event to save channel space on the rare control messages.
+#[allow(clippy::large_enum_variant)]
 enum Msg {
-    Record(Record),
+    Record(Packed),
     /// Commit everything received so far, then answer.
     Flush(SyncSender<()>),
     /// Commit everything queued and stop.
@@ -126,10 +129,30 @@ pub struct RecordSender {
 }
 
 impl RecordSender {
-    /// Queues `record` without blocking. Returns false, and counts the drop,
-    /// when the channel is full or the writer has stopped.
+    /// Validates and packs `record` on the caller's thread (see [`Packed`]).
+    /// A bad record is counted as `rejected` and logged at debug level.
+    fn pack(&self, record: &Record) -> Option<Packed> {
+        match Packed::new(record) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                self.stats.rejected.fetch_add(1, Relaxed);
+                log::debug!("event store: rejected a {:?} record: {e}", record.kind);
+                None
+            }
+        }
+    }
+
+    /// Queues `record` without blocking. Returns false, and counts it, when
+    /// the record is bad (`rejected`), the channel is full (`dropped_full`)
+    /// or the writer has stopped (`dropped_closed`). The caller's thread
+    /// pays for validating the record and serializing its payload (about a
+    /// microsecond for a 300-byte payload).
     pub fn try_send(&self, record: Record) -> bool {
-        match self.tx.try_send(Msg::Record(record)) {
+        let Some(packed) = self.pack(&record) else {
+            return false;
+        };
+        drop(record);
+        match self.tx.try_send(Msg::Record(packed)) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
                 self.stats.dropped_full.fetch_add(1, Relaxed);
@@ -145,8 +168,13 @@ impl RecordSender {
     /// Queues `record`, waiting for room. For callers that prefer
     /// back-pressure to loss (imports, benchmarks); the daemon's pipeline
     /// uses [`RecordSender::try_send`].
+    /// A bad record is counted as `rejected` and is not an error.
     pub fn send_blocking(&self, record: Record) -> Result<(), StoreError> {
-        self.tx.send(Msg::Record(record)).map_err(|_| {
+        let Some(packed) = self.pack(&record) else {
+            return Ok(());
+        };
+        drop(record);
+        self.tx.send(Msg::Record(packed)).map_err(|_| {
             self.stats.dropped_closed.fetch_add(1, Relaxed);
             self.gone()
         })
@@ -249,7 +277,7 @@ struct Worker {
     store: Store,
     config: WriterConfig,
     stats: Arc<WriterStats>,
-    batch: Vec<Record>,
+    batch: Vec<Result<Packed, RecordError>>,
     flushes: Vec<SyncSender<()>>,
     retention: Option<RetentionRun>,
     next_retention: Option<Instant>,
@@ -274,7 +302,7 @@ impl Worker {
     /// Takes one message; returns false on shutdown.
     fn take(&mut self, m: Msg) -> bool {
         match m {
-            Msg::Record(r) => self.batch.push(r),
+            Msg::Record(r) => self.batch.push(Ok(r)),
             Msg::Flush(reply) => self.flushes.push(reply),
             Msg::Shutdown => return false,
         }
@@ -341,7 +369,7 @@ impl Worker {
 
     fn commit(&mut self) {
         if !self.batch.is_empty() {
-            match self.store.insert_batch(&self.batch) {
+            match self.store.insert_packed(&self.batch) {
                 Ok(outcome) => {
                     self.stats
                         .inserted
@@ -351,18 +379,16 @@ impl Worker {
                         self.stats
                             .rejected
                             .fetch_add(outcome.rejected.len() as u64, Relaxed);
+                        let kind = self.batch[*i].as_ref().map(Packed::kind).unwrap_or("?");
                         log::warn!(
-                            "event store: skipped {} bad record(s); first (kind {:?}): {why}",
+                            "event store: skipped {} bad record(s); first (kind {kind:?}): {why}",
                             outcome.rejected.len(),
-                            self.batch[*i].kind
                         );
                     }
                 }
                 Err(e) => {
                     self.stats.errors.fetch_add(1, Relaxed);
-                    self.stats
-                        .lost
-                        .fetch_add(self.batch.len() as u64, Relaxed);
+                    self.stats.lost.fetch_add(self.batch.len() as u64, Relaxed);
                     log::error!("event store: lost a batch of {}: {e}", self.batch.len());
                 }
             }
@@ -377,7 +403,8 @@ impl Worker {
         if self.retention.is_none() {
             match self.next_retention {
                 Some(t) if Instant::now() >= t => {
-                    self.next_retention = Some(Instant::now() + self.store.retention().check_interval);
+                    self.next_retention =
+                        Some(Instant::now() + self.store.retention().check_interval);
                     match self.store.begin_retention(super::now_unix_ns()) {
                         Ok(run) => self.retention = Some(run),
                         Err(e) => {
