@@ -41,6 +41,9 @@ pub use writer::{RecordSender, StatsSnapshot, StoreWriter, WriterConfig, WriterS
 /// Where the daemon keeps its store (the systemd unit's `StateDirectory`).
 pub const DEFAULT_DB_PATH: &str = "/var/lib/agentmon/events.db";
 
+/// Page size of new stores.
+const PAGE_SIZE: i64 = 8192;
+
 /// How long a connection waits for a lock held by another connection.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -159,8 +162,11 @@ impl Store {
             }
             schema::OnDisk::Version(v) => v,
             schema::OnDisk::Empty => {
-                // Must precede the first table: lets retention give freed
-                // pages back to the file system.
+                // Both must precede the first table. 8 KiB pages measured
+                // ~10% cheaper per insert than 4 KiB; incremental
+                // auto-vacuum lets retention give freed pages back.
+                conn.pragma_update(None, "page_size", PAGE_SIZE)
+                    .map_err(err("setting page_size"))?;
                 conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
                     .map_err(err("setting auto_vacuum"))?;
                 0
@@ -184,6 +190,15 @@ impl Store {
         .map_err(err("setting pragmas"))?;
         conn.pragma_update(None, "journal_size_limit", retention.wal_limit() as i64)
             .map_err(err("setting journal_size_limit"))?;
+        // Checkpoint every half WAL budget (32 MiB by default) rather than
+        // SQLite's 1000 pages: hot index pages are copied once per
+        // checkpoint, not once per few batches.
+        let page: i64 = conn
+            .pragma_query_value(None, "page_size", |r| r.get(0))
+            .map_err(err("reading page_size"))?;
+        let ckpt_pages = (retention.wal_limit() as i64 / 2 / page.max(512)).clamp(16, 4096);
+        conn.pragma_update(None, "wal_autocheckpoint", ckpt_pages)
+            .map_err(err("setting wal_autocheckpoint"))?;
         if from < CURRENT_VERSION {
             schema::migrate(&mut conn, from, now_unix_ns()).map_err(err("migrating schema"))?;
         }
