@@ -60,7 +60,8 @@ fn make_record(i: u64, sessions: &[String]) -> Record {
         "fork",
     ];
     let kind = kinds[(i % kinds.len() as u64) as usize];
-    let s = (i / 7 % sessions.len() as u64) as usize;
+    // Sessions interleave in bursts of 7 events, in a scrambled order.
+    let s = ((i / 7).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as usize % sessions.len();
     let pid = 10_000 + (i % 5_000) as u32;
     let path = format!(
         "/home/dev/work/agentmon/target/debug/deps/module_{:05}.rlib",
@@ -133,6 +134,23 @@ fn thread_cpu(name: &str) -> (f64, f64) {
     total
 }
 
+/// The 1-minute load average: how busy the shared machine was.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(String::from))
+        .unwrap_or_default()
+}
+
+/// CPU seconds used so far by the calling thread.
+fn own_cpu() -> f64 {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
 fn sessions() -> Vec<String> {
     (0..SESSIONS).map(session_id).collect()
 }
@@ -158,6 +176,7 @@ fn sustained(dir: &Path, rate: u64, secs: u64) {
     let tx = w.sender();
     let total = rate * secs;
     let start = Instant::now();
+    let cpu0 = own_cpu();
     let mut sent = 0u64;
     let mut accepted = 0u64;
     while sent < total {
@@ -174,6 +193,7 @@ fn sustained(dir: &Path, rate: u64, secs: u64) {
         }
     }
     let offered_secs = start.elapsed().as_secs_f64();
+    let producer_us = (own_cpu() - cpu0) * 1e6 / sent as f64;
     w.flush().expect("flush");
     let done_secs = start.elapsed().as_secs_f64();
     let (wu, ws) = thread_cpu("agentmon-store");
@@ -185,7 +205,8 @@ fn sustained(dir: &Path, rate: u64, secs: u64) {
         "sustained: offered {sent} records at {:.0}/s (target {rate}/s) over {offered_secs:.2}s; \
          stored {} ({:.0}/s until the last commit at {done_secs:.2}s), dropped_full {}, \
          rejected {}, errors {}, batches {} (avg {:.0}/batch), db {:.1} MiB; writer thread CPU \
-         {wu:.2}s user + {ws:.2}s sys = {:.2} us/record",
+         {wu:.2}s user + {ws:.2}s sys = {:.2} us/record; producer thread (build + pack + \
+         pacing) {producer_us:.2} us/record; load average {}",
         sent as f64 / offered_secs,
         st.inserted,
         st.inserted as f64 / done_secs,
@@ -196,6 +217,7 @@ fn sustained(dir: &Path, rate: u64, secs: u64) {
         st.inserted as f64 / st.batches.max(1) as f64,
         bytes as f64 / (1 << 20) as f64,
         (wu + ws) * 1e6 / st.inserted.max(1) as f64,
+        loadavg(),
     );
     assert_eq!(accepted, st.inserted, "accepted records must all be stored");
 }
@@ -219,12 +241,13 @@ fn max_rate(dir: &Path, n: u64) {
     println!(
         "max: stored {} records ({payload_len}-byte payloads) in {secs:.2}s = {:.0}/s wall, \
          {} batches, dropped {}; writer thread CPU {wu:.2}s user + {ws:.2}s sys = \
-         {cpu_us:.2} us/record = {:.0} records per CPU-second",
+         {cpu_us:.2} us/record = {:.0} records per CPU-second; load average {}",
         st.inserted,
         st.inserted as f64 / secs,
         st.batches,
         st.dropped_full,
-        1e6 / cpu_us
+        1e6 / cpu_us,
+        loadavg(),
     );
 }
 
