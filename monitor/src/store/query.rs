@@ -71,7 +71,9 @@ pub struct Query {
     pub limit: usize,
 }
 
-/// Counts for one session, as reported when it ends.
+/// Counts for one session, as reported when it ends. The first and last
+/// times are those of the first and last stored events, in storage (time)
+/// order.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Summary {
     pub session_id: String,
@@ -318,6 +320,56 @@ impl Store {
         since: Option<i64>,
         until: Option<i64>,
     ) -> Result<Vec<(i64, Record)>, StoreError> {
+        let (sql, params) = scope_sql(sc, q, since, until);
+        self.conn
+            .prepare_cached(&sql)
+            .and_then(|mut st| {
+                st.query_map(rusqlite::params_from_iter(params), record_from_row)?
+                    .collect()
+            })
+            .map_err(|e| self.sqlite("querying events", e))
+    }
+
+    /// SQLite's plan for each sub-query of `q`, for tests.
+    #[cfg(test)]
+    pub(crate) fn plans(&self, q: &Query, now_ns: i64) -> Vec<String> {
+        let since = q.since.map(|t| t.resolve(now_ns));
+        let until = q.until.map(|t| t.resolve(now_ns));
+        let session = q
+            .session
+            .as_ref()
+            .map(|s| SessionSel::Is(self.resolve_session_ref(s).unwrap().unwrap().0));
+        let kind = q.kind.as_ref().map(|k| {
+            self.ids("SELECT id FROM kinds WHERE name = ?1", [k])
+                .unwrap()[0]
+        });
+        let sc = Scope {
+            session: session.unwrap_or(SessionSel::Any),
+            kind,
+            lo: since,
+            hi: until.map(|u| u + KEY_SLACK_NS),
+        };
+        let (sql, params) = scope_sql(&sc, q, since, until);
+        let mut st = self
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap();
+        st.query_map(rusqlite::params_from_iter(params), |r| {
+            r.get::<_, String>(3)
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    }
+}
+
+fn scope_sql(
+    sc: &Scope,
+    q: &Query,
+    since: Option<i64>,
+    until: Option<i64>,
+) -> (String, Vec<SqlValue>) {
+    {
         let mut sql = String::from(SELECT);
         let mut params: Vec<SqlValue> = Vec::new();
         let mut cond = |clause: &str, v: Option<SqlValue>| {
@@ -366,17 +418,13 @@ impl Store {
         let limit = if q.limit == 0 { -1 } else { q.limit as i64 };
         params.push(SqlValue::Integer(limit));
         sql.push_str(&format!(" ORDER BY e.id DESC LIMIT ?{}", params.len()));
-        self.conn
-            .prepare_cached(&sql)
-            .and_then(|mut st| {
-                st.query_map(rusqlite::params_from_iter(params), record_from_row)?
-                    .collect()
-            })
-            .map_err(|e| self.sqlite("querying events", e))
+        (sql, params)
     }
+}
 
-    /// Event counts by kind and by decision, and the first and last event
-    /// time, for one session (exact id).
+impl Store {
+    /// Event counts by kind and by decision, and the times of the session's
+    /// first and last stored events, for one session (exact id).
     pub fn session_summary(&self, session_id: &str) -> Result<Summary, StoreError> {
         let mut s = Summary {
             session_id: session_id.to_string(),
@@ -389,34 +437,51 @@ impl Store {
         else {
             return Ok(s);
         };
-        let rows = self
+        let err = |e| self.sqlite("summarising session", e);
+        // Counts by kind and the id range come from the index alone.
+        let kinds: Vec<(String, i64, i64, i64)> = self
             .conn
             .prepare_cached(
-                "SELECT k.name, e.decision, count(*), min(e.ts), max(e.ts) FROM events e \
-                 LEFT JOIN kinds k ON k.id = e.kind WHERE e.session = ?1 GROUP BY e.kind, e.decision",
+                "SELECT k.name, c.n, c.first, c.last FROM \
+                 (SELECT kind, count(*) AS n, min(id) AS first, max(id) AS last FROM events \
+                  WHERE session = ?1 GROUP BY kind) c LEFT JOIN kinds k ON k.id = c.kind",
             )
             .and_then(|mut st| {
-                st.query_map([sref], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, Option<String>>(1)?,
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, i64>(3)?,
-                        r.get::<_, i64>(4)?,
-                    ))
-                })?
-                .collect::<Result<Vec<_>, _>>()
+                st.query_map([sref], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                    .collect()
             })
-            .map_err(|e| self.sqlite("summarising session", e))?;
-        for (kind, decision, n, first, last) in rows {
-            let n = n as u64;
-            s.total += n;
-            *s.by_kind.entry(kind).or_default() += n;
-            if let Some(d) = decision {
-                *s.by_decision.entry(d).or_default() += n;
-            }
-            s.first_ts_unix_ns = Some(s.first_ts_unix_ns.map_or(first, |f| f.min(first)));
-            s.last_ts_unix_ns = Some(s.last_ts_unix_ns.map_or(last, |l| l.max(last)));
+            .map_err(err)?;
+        let (mut first_id, mut last_id) = (i64::MAX, i64::MIN);
+        for (kind, n, first, last) in kinds {
+            s.total += n as u64;
+            *s.by_kind.entry(kind).or_default() += n as u64;
+            first_id = first_id.min(first);
+            last_id = last_id.max(last);
+        }
+        if s.total == 0 {
+            return Ok(s);
+        }
+        let ts_of = |id: i64| {
+            self.conn
+                .prepare_cached("SELECT ts FROM events WHERE id = ?1")
+                .and_then(|mut st| st.query_row([id], |r| r.get::<_, i64>(0)))
+                .map_err(err)
+        };
+        s.first_ts_unix_ns = Some(ts_of(first_id)?);
+        s.last_ts_unix_ns = Some(ts_of(last_id)?);
+        let decisions: Vec<(String, i64)> = self
+            .conn
+            .prepare_cached(
+                "SELECT decision, count(*) FROM events \
+                 WHERE session = ?1 AND decision IS NOT NULL GROUP BY decision",
+            )
+            .and_then(|mut st| {
+                st.query_map([sref], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect()
+            })
+            .map_err(err)?;
+        for (d, n) in decisions {
+            s.by_decision.insert(d, n as u64);
         }
         Ok(s)
     }

@@ -184,6 +184,40 @@ fn every_filter_alone_and_in_every_combination() {
     assert_eq!(all, data.len());
 }
 
+/// The performance design rests on these plans: every sub-query reads an
+/// index range (or the table) already in time order, with no sort step.
+#[test]
+fn sub_queries_read_indexes_in_time_order() {
+    let dir = tmp();
+    let mut s = open(&dir);
+    s.insert_batch(&dataset()).unwrap();
+    let q = |session: bool, kind: bool, decision: bool, since: bool| Query {
+        session: session.then(|| "sess-a".to_string()),
+        kind: kind.then(|| "exec".to_string()),
+        decision: decision.then(|| "denied".to_string()),
+        since: since.then_some(TimeBound::At(1_200 * SEC)),
+        limit: 100,
+        ..Query::default()
+    };
+    for (query, index) in [
+        (q(true, true, false, false), Some("events_session_kind")),
+        (q(true, true, true, true), Some("events_session_kind")),
+        (q(false, false, true, false), Some("events_decision")),
+        (q(false, false, false, true), None),
+        (q(false, false, false, false), None),
+    ] {
+        let plan = s.plans(&query, 0).join(" | ");
+        assert!(!plan.contains("TEMP B-TREE"), "sorts: {plan} for {query:?}");
+        match index {
+            Some(ix) => assert!(plan.contains(ix), "{plan} for {query:?}"),
+            None => assert!(
+                plan.contains("SCAN e") || plan.contains("USING INTEGER PRIMARY KEY"),
+                "{plan} for {query:?}"
+            ),
+        }
+    }
+}
+
 #[test]
 fn results_are_in_time_order_and_limit_keeps_the_latest() {
     let dir = tmp();
