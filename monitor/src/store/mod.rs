@@ -41,6 +41,9 @@ pub use writer::{RecordSender, StatsSnapshot, StoreWriter, WriterConfig, WriterS
 /// Where the daemon keeps its store (the systemd unit's `StateDirectory`).
 pub const DEFAULT_DB_PATH: &str = "/var/lib/agentmon/events.db";
 
+/// Address space mapped by read-only connections.
+const READ_MMAP_BYTES: i64 = 1 << 30;
+
 /// Page size of new stores.
 const PAGE_SIZE: i64 = 8192;
 
@@ -236,6 +239,11 @@ impl Store {
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| StoreError::sqlite(&path, "setting busy timeout", e))?;
         conn.set_prepared_statement_cache_capacity(64);
+        // Queries read rows scattered over the file; mapping it saves a
+        // pread per page (measured 2-3x on 1M rows). Only for readers: the
+        // writer keeps plain I/O.
+        conn.pragma_update(None, "mmap_size", READ_MMAP_BYTES)
+            .map_err(|e| StoreError::sqlite(&path, "setting mmap_size", e))?;
         match schema::inspect(&conn).map_err(|e| StoreError::sqlite(&path, "reading schema", e))? {
             schema::OnDisk::Empty => Err(StoreError::NotFound { path }),
             schema::OnDisk::Foreign => Err(StoreError::Foreign { path }),

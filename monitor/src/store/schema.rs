@@ -19,6 +19,8 @@ const MIGRATIONS: &[(i64, &str)] = &[(1, V1)];
 ///   time index and every index entry ends in time order for free;
 /// - kinds and sessions are interned to small integers, so the one
 ///   composite index `(session, kind)` compares integers;
+/// - decisions are rare, so two partial indexes cost little: by decision
+///   (in time order) and by session (for session summaries);
 /// - conversations and tool calls are found through `spans` (which session
 ///   and which id window they occur in, kept per batch by the writer)
 ///   instead of per-row indexes;
@@ -61,6 +63,7 @@ CREATE TABLE events (
 );
 CREATE INDEX events_session_kind ON events (session, kind);
 CREATE INDEX events_decision ON events (decision) WHERE decision IS NOT NULL;
+CREATE INDEX events_session_decision ON events (session, decision) WHERE decision IS NOT NULL;
 ";
 
 /// `spans.what` values.
