@@ -38,7 +38,8 @@ pub struct RetentionConfig {
     /// exceed it by what arrives in one `check_interval`.
     #[serde(with = "byte_size")]
     pub max_bytes: u64,
-    /// How often the writer runs a pass. Default 60 seconds.
+    /// How often the writer runs a pass. Default 60 seconds; zero disables
+    /// the writer's passes (`Store::enforce_retention` still works).
     #[serde(with = "duration_text")]
     pub check_interval: Duration,
 }
