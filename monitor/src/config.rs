@@ -65,10 +65,9 @@ pub struct StoreSection {
     pub enabled: bool,
     /// The SQLite database (the systemd StateDirectory).
     pub path: PathBuf,
-    /// Retention by age, e.g. "7d".
-    pub max_age: String,
-    /// Retention by size in bytes (database plus WAL).
-    pub max_bytes: u64,
+    /// `[store.retention]`: `max_age` ("7d"), `max_bytes` ("1GiB" or a
+    /// number), `check_interval` ("60s").
+    pub retention: crate::store::RetentionConfig,
 }
 
 impl Default for StoreSection {
@@ -76,8 +75,7 @@ impl Default for StoreSection {
         Self {
             enabled: true,
             path: PathBuf::from("/var/lib/agentmon/events.db"),
-            max_age: "7d".into(),
-            max_bytes: 1 << 30,
+            retention: crate::store::RetentionConfig::default(),
         }
     }
 }
@@ -160,13 +158,16 @@ mod tests {
     fn values_override_defaults() {
         let c = Config::parse(
             Path::new("a.toml"),
-            "[daemon]\ngroup = \"agentmon\"\nsocket = \"/tmp/s.sock\"\n[store]\nmax_bytes = 1000\n",
+            "[daemon]\ngroup = \"agentmon\"\nsocket = \"/tmp/s.sock\"\n[store.retention]\nmax_bytes = 1000\n",
         )
         .unwrap();
         assert_eq!(c.daemon.group.as_deref(), Some("agentmon"));
         assert_eq!(c.daemon.socket, PathBuf::from("/tmp/s.sock"));
-        assert_eq!(c.store.max_bytes, 1000);
-        assert_eq!(c.store.max_age, "7d");
+        assert_eq!(c.store.retention.max_bytes, 1000);
+        assert_eq!(
+            c.store.retention.max_age,
+            std::time::Duration::from_secs(7 * 86400)
+        );
     }
 
     #[test]

@@ -83,11 +83,16 @@ struct Output {
     stdout: bool,
     metrics: Arc<crate::export::metrics::Metrics>,
     otlp: Option<crate::export::otlp::OtlpExporter>,
+    store: Option<(crate::store::StoreWriter, crate::store::RecordSender)>,
 }
 
 impl Output {
     fn emit(&self, v: &Value) {
         self.metrics.observe(v);
+        if let Some((_, tx)) = &self.store {
+            // Never blocks; a full queue is counted as dropped_full.
+            tx.try_send(pipeline::to_store_record(v));
+        }
         if let Some(o) = &self.otlp {
             o.try_send(v);
         }
@@ -200,10 +205,24 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
                 log::info!("metrics on http://{addr}/metrics");
                 tokio::spawn(crate::export::metrics::serve(l, metrics.clone()));
             }
+            let store = if opts.config.store.enabled {
+                let c = &opts.config.store;
+                let store = crate::store::Store::open(&c.path, c.retention.clone())
+                    .with_context(|| format!("opening the event store {}", c.path.display()))?;
+                let w =
+                    crate::store::StoreWriter::spawn(store, crate::store::WriterConfig::default())
+                        .context("starting the store writer")?;
+                let tx = w.sender();
+                log::info!("event store: {}", c.path.display());
+                Some((w, tx))
+            } else {
+                None
+            };
             Output {
                 stdout: opts.stdout,
                 metrics,
                 otlp,
+                store,
             }
         },
     };
@@ -471,6 +490,7 @@ fn handle(st: &mut State, req: Request, pid: u32, uid: u32, gid: u32) -> Reply {
                 "kernel_counters": kernel_counter_totals(&st.kernel_counters),
                 "counters": st.counters,
                 "otlp": st.out.otlp.as_ref().map(|o| o.counters()),
+                "store": st.out.store.as_ref().map(|(w, _)| w.stats().snapshot()),
                 "features": st.probes,
                 "file_open_source": st.open_source,
                 "coverage_gaps": coverage_gaps(&st.open_source),

@@ -13,3 +13,4 @@ pub mod export;
 pub mod kernel;
 pub mod pipeline;
 pub mod session;
+pub mod store;

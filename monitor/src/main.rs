@@ -8,6 +8,7 @@ use monitor::{
     config::{Config, DEFAULT_CONFIG},
     control, daemon, doctor,
     kernel::loader::LoadOptions,
+    store,
 };
 use monitor_common::scope;
 
@@ -49,6 +50,9 @@ enum Cmd {
         /// Print one JSON line per event on stdout.
         #[arg(long)]
         stdout: bool,
+        /// Event store database [config: store.path].
+        #[arg(long)]
+        store_path: Option<PathBuf>,
         /// Which processes to observe.
         #[arg(long, value_enum, default_value_t = Scope::Sessions)]
         scope: Scope,
@@ -86,6 +90,8 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Query the local event store.
+    Events(store::cli::EventsArgs),
     /// Report what this kernel supports, from real load attempts.
     Doctor {
         /// Print the report as JSON.
@@ -105,6 +111,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Daemon {
             config,
             stdout,
+            store_path,
             scope,
             group,
             cgroup_parent,
@@ -116,6 +123,10 @@ fn main() -> anyhow::Result<()> {
                 }
                 None => Config::default(),
             };
+            let mut cfg = cfg;
+            if let Some(p) = store_path {
+                cfg.store.path = p;
+            }
             let load = LoadOptions {
                 scope_mode: match scope {
                     Scope::Sessions => scope::SESSIONS,
@@ -156,6 +167,7 @@ fn main() -> anyhow::Result<()> {
             agent: HookAgent::Codex,
         } => std::process::exit(client::hook_codex(&client_socket)),
         Cmd::Status { json } => client::status(&client_socket, json),
+        Cmd::Events(args) => Ok(store::cli::run_events(&args)?),
         Cmd::Doctor { json } => {
             let report = doctor::run();
             if json {

@@ -140,6 +140,46 @@ pub fn enrich(
     Value::Object(v)
 }
 
+/// The local store's row for an exported record: indexed columns pulled
+/// out of the JSON, the whole record as payload.
+pub fn to_store_record(v: &Value) -> crate::store::Record {
+    let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+    let u = |k: &str| v.get(k).and_then(Value::as_u64).map(|x| x as u32);
+    let kind = s("kind").unwrap_or_else(|| "unknown".into());
+    let subject = match kind.as_str() {
+        "exec" => s("filename"),
+        "file_open" | "file_op" => s("path"),
+        "net_connect" => match (s("address"), v.get("port").and_then(Value::as_u64)) {
+            (Some(a), Some(p)) if a.contains(':') => Some(format!("[{a}]:{p}")),
+            (Some(a), Some(p)) => Some(format!("{a}:{p}")),
+            _ => None,
+        },
+        "session_start" | "session_end" => s("session_id"),
+        _ => None,
+    };
+    let decision = match kind.as_str() {
+        "session_start" | "session_end" | "loss" => None,
+        _ => Some(s("decision").unwrap_or_else(|| "allowed".into())),
+    };
+    let mut r = crate::store::Record::new(
+        v.get("ts_unix_ns").and_then(Value::as_i64).unwrap_or(0),
+        kind,
+        v.clone(),
+    );
+    r.session_id = s("session_id");
+    r.conversation_id = s("conversation_id");
+    r.call_id = s("call_id");
+    r.pid = u("tgid").or_else(|| u("pid"));
+    r.ppid = u("ppid");
+    r.uid = u("uid");
+    r.exec_id = s("exec_id");
+    r.parent_exec_id = s("parent_exec_id");
+    r.decision = decision;
+    r.rule = s("rule");
+    r.subject = subject;
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use monitor_common::EventHeader;
@@ -205,6 +245,26 @@ mod tests {
         );
         assert_eq!(v["conversation_id"], "sess-conv");
         assert_eq!(v["call_id"], Value::Null);
+    }
+
+    #[test]
+    fn store_rows_carry_the_indexed_columns() {
+        let v = serde_json::json!({"kind": "net_connect", "ts_unix_ns": 5, "session_id": "s", "tgid": 7,
+            "address": "::1", "port": 443, "call_id": "c", "decision": "denied", "rule": "net#1"});
+        let r = to_store_record(&v);
+        assert_eq!(
+            (r.kind.as_str(), r.ts_unix_ns, r.pid),
+            ("net_connect", 5, Some(7))
+        );
+        assert_eq!(r.subject.as_deref(), Some("[::1]:443"));
+        assert_eq!(r.decision.as_deref(), Some("denied"));
+        assert_eq!(r.rule.as_deref(), Some("net#1"));
+        r.validate().unwrap();
+        let end = to_store_record(
+            &serde_json::json!({"kind": "session_end", "ts_unix_ns": 9, "session_id": "s"}),
+        );
+        assert_eq!(end.decision, None);
+        end.validate().unwrap();
     }
 
     #[test]

@@ -82,6 +82,22 @@ fn session_script_yields_exactly_its_events() {
     let end = d.wait_session_end(&m, T);
 
     let evs: Vec<Value> = d.session_events(&m).into_iter().cloned().collect();
+    // The local store holds exactly what was streamed for the session.
+    let stored = d.wait_stored_session(&m, T);
+    let key = |v: &Value| serde_json::to_string(v).unwrap();
+    let mut in_store: Vec<String> = stored.iter().map(key).collect();
+    let mut streamed: Vec<String> = evs.iter().map(key).collect();
+    in_store.sort();
+    streamed.sort();
+    assert_eq!(
+        in_store.len(),
+        streamed.len(),
+        "store and stream differ in size"
+    );
+    assert!(
+        in_store == streamed,
+        "the store does not hold exactly the streamed events"
+    );
     // Exec: sh, then three actor runs, children of sh.
     let execs: Vec<&Value> = evs.iter().filter(|v| v["kind"] == "exec").collect();
     let argvs: Vec<Vec<String>> = execs.iter().map(|v| strs(&v["argv"])).collect();

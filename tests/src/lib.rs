@@ -47,6 +47,8 @@ pub struct Daemon {
     pub socket: PathBuf,
     /// Name of this daemon's parent cgroup (below the cgroup2 mount).
     pub cgroup_parent: String,
+    /// This daemon's event store.
+    pub db: PathBuf,
     events: Receiver<Value>,
     /// Every event seen so far (kept so several waits can search them).
     pub seen: Vec<Value>,
@@ -61,6 +63,7 @@ impl Daemon {
         std::fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("agentmon.sock");
         let cgroup_parent = format!("agentmon-test-{tag}");
+        let db = dir.join("events.db");
         let mut child = Command::new(agentmon_bin())
             .arg("daemon")
             .arg("--stdout")
@@ -68,6 +71,8 @@ impl Daemon {
             .arg(&socket)
             .arg("--cgroup-parent")
             .arg(&cgroup_parent)
+            .arg("--store-path")
+            .arg(&db)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -111,6 +116,7 @@ impl Daemon {
             child,
             socket,
             cgroup_parent,
+            db,
             events,
             seen: Vec::new(),
             stderr_tail,
@@ -188,6 +194,47 @@ impl Daemon {
     /// Events of session `id` seen so far.
     pub fn session_events(&self, id: &str) -> Vec<&Value> {
         self.seen.iter().filter(|v| v["session_id"] == id).collect()
+    }
+
+    /// `agentmon events --json --limit 0 ARGS` against this daemon's store.
+    pub fn stored_events(&self, args: &[&str]) -> Vec<Value> {
+        let out = self
+            .cli()
+            .args(["events", "--json", "--limit", "0", "--db"])
+            .arg(&self.db)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "agentmon events failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("events printed non-JSON ({e}): {l}"))
+            })
+            .collect()
+    }
+
+    /// Waits (with a deadline) until the store holds the session's
+    /// `session_end` record, the last one written for it, and returns the
+    /// session's stored payloads in order.
+    pub fn wait_stored_session(&self, id: &str, timeout: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let rows = self.stored_events(&["--session", id]);
+            if rows.iter().any(|r| r["kind"] == "session_end") {
+                return rows.into_iter().map(|r| r["payload"].clone()).collect();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "session {id} not complete in the store after {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// `agentmon status --json`.

@@ -1,0 +1,262 @@
+//! The generic record the store keeps. It is deliberately independent of
+//! [`crate::event::Event`]: the pipeline maps each event to a `Record`, so the
+//! event types can grow without a schema migration here.
+
+use serde::{Deserialize, Serialize};
+
+use super::error::RecordError;
+
+/// Decisions the store accepts in [`Record::decision`].
+pub const DECISIONS: [&str; 3] = ["allowed", "denied", "would_deny"];
+
+/// One stored event: the columns queries filter on, plus the whole event as
+/// JSON in `payload`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Wall-clock time of the event, nanoseconds since the Unix epoch.
+    pub ts_unix_ns: i64,
+    /// "exec", "file_open", "net_connect", "session_start", "loss", ...
+    pub kind: String,
+    /// agentmon session id (UUIDv7 text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// Codex `conversation.id` / `CODEX_THREAD_ID`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<String>,
+    /// `CODEX_TOOL_CALL_ID`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ppid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_exec_id: Option<String>,
+    /// "allowed" | "denied" | "would_deny"
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// The main object: exec filename, file path, "addr:port".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// The whole event as JSON.
+    pub payload: serde_json::Value,
+}
+
+impl Record {
+    /// A record with only the mandatory fields set.
+    pub fn new(ts_unix_ns: i64, kind: impl Into<String>, payload: serde_json::Value) -> Self {
+        Record {
+            ts_unix_ns,
+            kind: kind.into(),
+            session_id: None,
+            conversation_id: None,
+            call_id: None,
+            pid: None,
+            ppid: None,
+            uid: None,
+            exec_id: None,
+            parent_exec_id: None,
+            decision: None,
+            rule: None,
+            subject: None,
+            payload,
+        }
+    }
+
+    /// Checks what the store relies on: a short lowercase kind and a known
+    /// decision.
+    pub fn validate(&self) -> Result<(), RecordError> {
+        if self.kind.is_empty() {
+            return Err(RecordError::EmptyKind);
+        }
+        if self.kind.len() > 64
+            || !self
+                .kind
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
+        {
+            return Err(RecordError::BadKind(self.kind.clone()));
+        }
+        if let Some(d) = &self.decision {
+            if !DECISIONS.contains(&d.as_str()) {
+                return Err(RecordError::BadDecision(d.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Text fields of a [`Packed`] record, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub(crate) enum Field {
+    Kind,
+    Session,
+    Conversation,
+    Call,
+    ExecId,
+    ParentExecId,
+    Decision,
+    Rule,
+    Subject,
+    Payload,
+}
+const FIELDS: usize = 10;
+
+/// A validated record with its payload serialized and every text field in
+/// one allocation: what travels through the writer's channel. Packing
+/// happens on the producer's thread, so serializing the payload and freeing
+/// the many small allocations of a [`Record`] is spread over the producer's
+/// core instead of piling onto the writer's.
+#[derive(Debug, Clone)]
+pub struct Packed {
+    pub(crate) ts_unix_ns: i64,
+    pub(crate) pid: Option<u32>,
+    pub(crate) ppid: Option<u32>,
+    pub(crate) uid: Option<u32>,
+    /// Which optional text fields are present (bit = `Field` index).
+    present: u16,
+    /// End offset of each field in `text`.
+    ends: [u32; FIELDS],
+    text: String,
+}
+
+impl Packed {
+    /// Validates and packs `r`.
+    pub fn new(r: &Record) -> Result<Packed, RecordError> {
+        r.validate()?;
+        let payload =
+            serde_json::to_string(&r.payload).map_err(|e| RecordError::Payload(e.to_string()))?;
+        let fields: [Option<&str>; FIELDS] = [
+            Some(&r.kind),
+            r.session_id.as_deref(),
+            r.conversation_id.as_deref(),
+            r.call_id.as_deref(),
+            r.exec_id.as_deref(),
+            r.parent_exec_id.as_deref(),
+            r.decision.as_deref(),
+            r.rule.as_deref(),
+            r.subject.as_deref(),
+            Some(&payload),
+        ];
+        let len: usize = fields.iter().flatten().map(|f| f.len()).sum();
+        if len > u32::MAX as usize {
+            return Err(RecordError::Payload(format!(
+                "record of {len} bytes is too large"
+            )));
+        }
+        let mut text = String::with_capacity(len);
+        let mut ends = [0u32; FIELDS];
+        let mut present = 0u16;
+        for (i, f) in fields.iter().enumerate() {
+            if let Some(f) = f {
+                text.push_str(f);
+                present |= 1 << i;
+            }
+            ends[i] = text.len() as u32;
+        }
+        Ok(Packed {
+            ts_unix_ns: r.ts_unix_ns,
+            pid: r.pid,
+            ppid: r.ppid,
+            uid: r.uid,
+            present,
+            ends,
+            text,
+        })
+    }
+
+    pub(crate) fn get(&self, f: Field) -> Option<&str> {
+        let i = f as usize;
+        if self.present & (1 << i) == 0 {
+            return None;
+        }
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        self.text.get(start..self.ends[i] as usize)
+    }
+
+    pub(crate) fn kind(&self) -> &str {
+        self.get(Field::Kind).unwrap_or_default()
+    }
+}
+
+/// The short form of a session id shown in tables: ids of up to 12
+/// characters are shown whole, longer ones (UUIDv7 text) by their last 8
+/// characters, which are random bits rather than the shared timestamp
+/// prefix. `agentmon events --session` accepts either form.
+pub fn short_session(id: &str) -> &str {
+    if id.chars().count() <= 12 {
+        id
+    } else {
+        let start = id.char_indices().rev().nth(7).map(|(i, _)| i).unwrap_or(0);
+        &id[start..]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation() {
+        let ok = Record::new(1, "file_open", serde_json::json!({}));
+        assert_eq!(ok.validate(), Ok(()));
+        assert_eq!(
+            Record::new(1, "", serde_json::Value::Null).validate(),
+            Err(RecordError::EmptyKind)
+        );
+        assert!(matches!(
+            Record::new(1, "Exec", serde_json::Value::Null).validate(),
+            Err(RecordError::BadKind(_))
+        ));
+        assert!(matches!(
+            Record::new(1, "x".repeat(65), serde_json::Value::Null).validate(),
+            Err(RecordError::BadKind(_))
+        ));
+        let mut r = ok.clone();
+        r.decision = Some("maybe".into());
+        assert!(matches!(r.validate(), Err(RecordError::BadDecision(_))));
+        for d in DECISIONS {
+            r.decision = Some(d.into());
+            assert_eq!(r.validate(), Ok(()));
+        }
+    }
+
+    #[test]
+    fn packing_keeps_every_field() {
+        let mut r = Record::new(-5, "net_connect", serde_json::json!({"a": [1, "ü"]}));
+        r.session_id = Some("s".into());
+        r.call_id = Some(String::new());
+        r.subject = Some("10.0.0.1:443".into());
+        r.pid = Some(3);
+        let p = Packed::new(&r).unwrap();
+        assert_eq!(p.kind(), "net_connect");
+        assert_eq!(p.get(Field::Session), Some("s"));
+        assert_eq!(p.get(Field::Conversation), None);
+        assert_eq!(p.get(Field::Call), Some(""));
+        assert_eq!(p.get(Field::Decision), None);
+        assert_eq!(p.get(Field::Subject), Some("10.0.0.1:443"));
+        assert_eq!(p.get(Field::Payload), Some(r#"{"a":[1,"ü"]}"#));
+        assert_eq!((p.ts_unix_ns, p.pid, p.ppid), (-5, Some(3), None));
+        assert_eq!(
+            Packed::new(&Record::new(1, "", serde_json::Value::Null)).err(),
+            Some(RecordError::EmptyKind)
+        );
+    }
+
+    #[test]
+    fn short_ids() {
+        assert_eq!(
+            short_session("01890a5d-ac96-774b-bcce-b302099a8057"),
+            "099a8057"
+        );
+        assert_eq!(short_session("ci-build-42"), "ci-build-42");
+        assert_eq!(short_session("ééééééééééééé"), "éééééééé");
+    }
+}

@@ -1,0 +1,123 @@
+//! On-disk schema and its migrations.
+//!
+//! `schema_version` holds one row per applied migration. A database whose
+//! highest version is newer than [`CURRENT_VERSION`] is refused (an older
+//! agentmon must not write into a layout it does not know); an older one is
+//! migrated forward in one transaction when opened for writing.
+
+use rusqlite::Connection;
+
+/// The schema version this build writes.
+pub const CURRENT_VERSION: i64 = 1;
+
+/// `(version, SQL)`; applied in order, each inside the opening transaction.
+const MIGRATIONS: &[(i64, &str)] = &[(1, V1)];
+
+/// Version 1, laid out for insert speed (see README.md):
+/// - `events.id` is the event time in Unix nanoseconds, bumped by a few
+///   nanoseconds when two events share a time, so the table itself is the
+///   time index and every index entry ends in time order for free;
+/// - kinds and sessions are interned to small integers, so the one
+///   composite index `(session, kind)` compares integers;
+/// - decisions are rare, so two partial indexes cost little: by decision
+///   (in time order) and by session (for session summaries);
+/// - conversations and tool calls are found through `spans` (which session
+///   and which id window they occur in, kept per batch by the writer)
+///   instead of per-row indexes;
+/// - `payload` is compact JSON text and the last column.
+const V1: &str = "
+CREATE TABLE kinds (
+    id   INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE
+);
+CREATE TABLE sessions (
+    id       INTEGER PRIMARY KEY,
+    name     TEXT NOT NULL UNIQUE,
+    first_ts INTEGER NOT NULL,
+    last_ts  INTEGER NOT NULL
+);
+CREATE TABLE spans (
+    what     INTEGER NOT NULL, -- 1 conversation, 2 tool call
+    name     TEXT NOT NULL,
+    session  INTEGER NOT NULL, -- sessions.id, 0 for none
+    first_id INTEGER NOT NULL,
+    last_id  INTEGER NOT NULL,
+    PRIMARY KEY (what, name, session)
+) WITHOUT ROWID;
+CREATE TABLE events (
+    id              INTEGER PRIMARY KEY,
+    ts              INTEGER NOT NULL,
+    kind            INTEGER NOT NULL,
+    session         INTEGER,
+    conversation_id TEXT,
+    call_id         TEXT,
+    pid             INTEGER,
+    ppid            INTEGER,
+    uid             INTEGER,
+    exec_id         TEXT,
+    parent_exec_id  TEXT,
+    decision        TEXT,
+    rule            TEXT,
+    subject         TEXT,
+    payload         TEXT NOT NULL
+);
+CREATE INDEX events_session_kind ON events (session, kind);
+CREATE INDEX events_decision ON events (decision) WHERE decision IS NOT NULL;
+CREATE INDEX events_session_decision ON events (session, decision) WHERE decision IS NOT NULL;
+";
+
+/// `spans.what` values.
+pub(crate) const SPAN_CONVERSATION: i64 = 1;
+pub(crate) const SPAN_CALL: i64 = 2;
+
+/// What the file holds before any migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnDisk {
+    /// No tables at all: a new file.
+    Empty,
+    /// Tables, but no `schema_version`: somebody else's database.
+    Foreign,
+    /// An agentmon store at this version.
+    Version(i64),
+}
+
+pub(crate) fn inspect(conn: &Connection) -> rusqlite::Result<OnDisk> {
+    let tables: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE type = 'table'",
+        [],
+        |r| r.get(0),
+    )?;
+    if tables == 0 {
+        return Ok(OnDisk::Empty);
+    }
+    let has_version: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'schema_version')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_version {
+        return Ok(OnDisk::Foreign);
+    }
+    let v: Option<i64> =
+        conn.query_row("SELECT max(version) FROM schema_version", [], |r| r.get(0))?;
+    Ok(OnDisk::Version(v.unwrap_or(0)))
+}
+
+/// Applies every migration above `from`, recording each, in one transaction.
+pub(crate) fn migrate(conn: &mut Connection, from: i64, now_ns: i64) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_version (
+            version         INTEGER PRIMARY KEY,
+            applied_unix_ns INTEGER NOT NULL
+        )",
+    )?;
+    for (v, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > from) {
+        tx.execute_batch(sql)?;
+        tx.execute(
+            "INSERT INTO schema_version (version, applied_unix_ns) VALUES (?1, ?2)",
+            (v, now_ns),
+        )?;
+    }
+    tx.commit()
+}
