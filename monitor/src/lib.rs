@@ -7,3 +7,4 @@ pub mod daemon;
 pub mod doctor;
 pub mod event;
 pub mod kernel;
+pub mod policy;

@@ -1,0 +1,587 @@
+//! Binding a policy to a session and compiling it into kernel tables.
+
+use std::{collections::HashMap, os::unix::ffi::OsStrExt, path::PathBuf};
+
+use monitor_common::policy::{
+    mode, net_action, verdict, DfaHeader, DfaTables, PolicyConfig, DFA_MAGIC, DFA_MAX_CELLS,
+    DFA_MAX_STATES, DFA_VERSION,
+};
+use regex_automata::{
+    dfa::{dense, Automaton, StartKind},
+    meta,
+    nfa::thompson,
+    util::{start, syntax},
+    Anchored, Input, MatchKind, PatternSet,
+};
+use serde::Serialize;
+
+use super::{
+    error::CompileError,
+    file::{Mode, NetDefault, Origin, Policy, Rule, RuleBody, RuleKind},
+    glob::{expand_root, normalize_root, AbsGlob, Glob},
+    net::{compile_net, NetRuleRef, NetTables},
+};
+
+/// Memory the DFA construction may use before giving up (bytes).
+const BUILD_LIMIT: usize = 512 << 20;
+
+/// Per-session values the patterns are bound to (at session start).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompileContext {
+    /// The session workspace (`{workspace}`), canonical absolute path.
+    pub workspace: PathBuf,
+    /// The session user's home (`~`, `{home}`), canonical absolute path.
+    pub home: PathBuf,
+    /// Writable roots added by the session (e.g. from the agent's own
+    /// configuration), on top of the policy's `writable_roots`.
+    pub writable_roots: Vec<PathBuf>,
+}
+
+/// One glob bound to an absolute anchor: what the DFA matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpandedPattern {
+    pub rule_id: u32,
+    /// The verdict bit this pattern sets.
+    pub bit: u8,
+    pub glob: AbsGlob,
+}
+
+/// Size of the compiled path DFA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DfaStats {
+    pub states: usize,
+    pub classes: usize,
+    /// `states * classes`.
+    pub cells: usize,
+    /// Bytes of the table actually used (header, classes, verdicts, cells).
+    pub used_bytes: usize,
+    /// Bytes of the fixed-size map value ([`DfaTables`]).
+    pub value_bytes: usize,
+    /// Number of patterns (one alternation per verdict bit) in the DFA.
+    pub dfa_patterns: usize,
+    pub expanded_globs: usize,
+}
+
+/// A policy bound to one session and compiled into kernel tables.
+#[derive(Debug)]
+pub struct CompiledPolicy {
+    /// The policy's rules followed by the session's extra writable roots;
+    /// a rule's ID is its index here.
+    pub rules: Vec<Rule>,
+    pub name: String,
+    pub fs_mode: Mode,
+    pub exec_mode: Mode,
+    pub net_mode: Mode,
+    pub net_default: NetDefault,
+    pub workspace: Vec<u8>,
+    pub home: Vec<u8>,
+    pub writable_roots: Vec<Vec<u8>>,
+    pub patterns: Vec<ExpandedPattern>,
+    /// The serialized DFA exactly as written to the kernel map.
+    pub dfa: Box<DfaTables>,
+    /// The LPM trie content.
+    pub net: NetTables,
+    pub config: PolicyConfig,
+    pub stats: DfaStats,
+    matcher: Option<meta::Regex>,
+}
+
+impl CompiledPolicy {
+    /// Stable 64-bit hash of everything the kernel and the user-space
+    /// decisions see (FNV-1a).
+    pub fn hash(&self) -> u64 {
+        self.dfa.header.policy_hash
+    }
+
+    pub fn generation(&self) -> u32 {
+        self.dfa.header.generation
+    }
+
+    /// Sets the generation written into the tables (the daemon bumps it for
+    /// each swap of the double-buffered policy slot).
+    pub fn set_generation(&mut self, generation: u32) {
+        self.dfa.header.generation = generation;
+        self.config.generation = generation;
+    }
+
+    /// Rule IDs of the expanded patterns matching `path` (user-space
+    /// re-match, used to explain a kernel verdict).
+    pub fn matching_patterns(&self, path: &[u8]) -> Vec<&ExpandedPattern> {
+        let Some(re) = &self.matcher else {
+            return Vec::new();
+        };
+        let mut set = PatternSet::new(re.pattern_len());
+        re.which_overlapping_matches(&Input::new(path).anchored(Anchored::Yes), &mut set);
+        set.iter()
+            .filter_map(|p| self.patterns.get(p.as_usize()))
+            .collect()
+    }
+
+    pub fn rule(&self, id: u32) -> Option<&Rule> {
+        self.rules.get(id as usize)
+    }
+}
+
+fn syntax_config() -> syntax::Config {
+    syntax::Config::new()
+        .unicode(false)
+        .utf8(false)
+        .dot_matches_new_line(true)
+}
+
+fn path_bytes(p: &std::path::Path) -> &[u8] {
+    p.as_os_str().as_bytes()
+}
+
+fn ctx_path(what: &'static str, p: &std::path::Path) -> Result<Vec<u8>, CompileError> {
+    normalize_root(path_bytes(p)).map_err(|source| CompileError::Context {
+        what,
+        path: p.display().to_string(),
+        source,
+    })
+}
+
+fn push_unique(v: &mut Vec<Vec<u8>>, p: Vec<u8>) {
+    if !v.contains(&p) {
+        v.push(p);
+    }
+}
+
+/// Binds `policy` to the session `ctx` and compiles it.
+pub fn compile(policy: &Policy, ctx: &CompileContext) -> Result<CompiledPolicy, CompileError> {
+    let home = ctx_path("home", &ctx.home)?;
+    let workspace = ctx_path("workspace", &ctx.workspace)?;
+    let mut rules = policy.rules.clone();
+    for p in &ctx.writable_roots {
+        let text = p.display().to_string();
+        let id = rules.len() as u32;
+        rules.push(Rule {
+            id,
+            kind: RuleKind::WritableRoot,
+            text: text.clone(),
+            origin: Origin {
+                file: "(session)".into(),
+                line: 0,
+                column: 0,
+                key: "session writable root".into(),
+            },
+            body: RuleBody::Root(text),
+        });
+    }
+
+    // Writable roots, then the anchors of relative read patterns.
+    let mut roots: Vec<Vec<u8>> = Vec::new();
+    let mut root_rules: Vec<(u32, Vec<u8>)> = Vec::new();
+    for r in rules.iter().filter(|r| r.kind == RuleKind::WritableRoot) {
+        let RuleBody::Root(text) = &r.body else {
+            continue;
+        };
+        let expanded = if r.origin.file == "(session)" {
+            ctx_path("writable root", std::path::Path::new(text))?
+        } else {
+            expand_root(text, "a writable root", &home, &workspace).map_err(|source| {
+                CompileError::Context {
+                    what: "writable root",
+                    path: text.clone(),
+                    source,
+                }
+            })?
+        };
+        push_unique(&mut roots, expanded.clone());
+        root_rules.push((r.id, expanded));
+    }
+    let mut read_anchors = vec![workspace.clone()];
+    for r in &roots {
+        push_unique(&mut read_anchors, r.clone());
+    }
+
+    let mut patterns: Vec<ExpandedPattern> = Vec::new();
+    let mut add = |rule_id: u32, bit: u8, glob: AbsGlob| {
+        let p = ExpandedPattern { rule_id, bit, glob };
+        if !patterns
+            .iter()
+            .any(|q| q.bit == p.bit && q.glob == p.glob && q.rule_id == p.rule_id)
+        {
+            patterns.push(p);
+        }
+    };
+    let anchored_at = |g: &Glob, anchors: &[Vec<u8>]| -> Vec<AbsGlob> {
+        match g.anchor {
+            super::glob::Anchor::Relative => anchors
+                .iter()
+                .map(|a| g.anchored(&home, &workspace, a))
+                .collect(),
+            _ => vec![g.anchored(&home, &workspace, b"/")],
+        }
+    };
+    for r in &rules {
+        match (&r.kind, &r.body) {
+            (RuleKind::DenyRead, RuleBody::Glob(g)) => {
+                for a in anchored_at(g, &read_anchors) {
+                    add(r.id, verdict::DENY_READ, a);
+                }
+            }
+            (RuleKind::AllowRead, RuleBody::Glob(g)) => {
+                for a in anchored_at(g, &read_anchors) {
+                    add(r.id, verdict::ALLOW_READ, a);
+                }
+            }
+            (RuleKind::Protected, RuleBody::Glob(g)) => {
+                for mut a in anchored_at(g, &roots) {
+                    a.dir = true;
+                    add(r.id, verdict::PROTECTED, a);
+                }
+            }
+            (RuleKind::ExecDeny, RuleBody::Glob(g)) => {
+                for a in anchored_at(g, &[b"/".to_vec()]) {
+                    add(r.id, verdict::EXEC_DENY, a);
+                }
+            }
+            _ => {}
+        }
+    }
+    for (id, root) in &root_rules {
+        add(*id, verdict::WRITABLE, AbsGlob::literal(root, true));
+    }
+
+    let (mut dfa, mut stats) = build_dfa(&policy.name, &patterns)?;
+    stats.expanded_globs = patterns.len();
+    let matcher = build_matcher(&policy.name, &patterns)?;
+
+    let net_rules: Vec<NetRuleRef> = rules
+        .iter()
+        .filter_map(|r| match (&r.kind, &r.body) {
+            (RuleKind::NetDeny, RuleBody::Cidr(c)) => Some(NetRuleRef {
+                rule_id: r.id,
+                action: net_action::DENY,
+                rule: *c,
+            }),
+            (RuleKind::NetAllow, RuleBody::Cidr(c)) => Some(NetRuleRef {
+                rule_id: r.id,
+                action: net_action::ALLOW,
+                rule: *c,
+            }),
+            _ => None,
+        })
+        .collect();
+    let net = compile_net(&policy.name, &net_rules)?;
+
+    let m = |m: Mode| {
+        if m == Mode::Enforce {
+            mode::ENFORCE
+        } else {
+            mode::AUDIT
+        }
+    };
+    let mut config = PolicyConfig {
+        generation: 0,
+        fs_mode: m(policy.fs_mode),
+        exec_mode: m(policy.exec_mode),
+        net_mode: m(policy.net_mode),
+        net_default: match policy.net_default {
+            NetDefault::Allow => net_action::ALLOW,
+            NetDefault::Deny => net_action::DENY,
+        },
+        policy_hash: 0,
+    };
+    let hash = hash_policy(&dfa, &net, &config, &rules);
+    dfa.header.policy_hash = hash;
+    config.policy_hash = hash;
+
+    Ok(CompiledPolicy {
+        rules,
+        name: policy.name.clone(),
+        fs_mode: policy.fs_mode,
+        exec_mode: policy.exec_mode,
+        net_mode: policy.net_mode,
+        net_default: policy.net_default,
+        workspace,
+        home,
+        writable_roots: roots,
+        patterns,
+        dfa,
+        net,
+        config,
+        stats,
+        matcher,
+    })
+}
+
+/// The verdict bits in DFA pattern order.
+const BITS: [u8; 5] = [
+    verdict::DENY_READ,
+    verdict::ALLOW_READ,
+    verdict::PROTECTED,
+    verdict::EXEC_DENY,
+    verdict::WRITABLE,
+];
+
+/// An all-zero table on the heap (it is ~2 MiB, too big for the stack).
+pub fn zeroed_tables() -> Box<DfaTables> {
+    // SAFETY: `DfaTables` is `repr(C)` and consists only of integers and
+    // integer arrays, for which the all-zero bit pattern is a valid value.
+    unsafe { Box::<DfaTables>::new_zeroed().assume_init() }
+}
+
+/// Compiles expanded patterns into the serialized DFA: one regex
+/// alternation per verdict bit, one multi-pattern dense DFA (anchored,
+/// `MatchKind::All`, minimized, byte classes), then a breadth-first
+/// renumbering into pre-multiplied `u32` state IDs with the dead state at 0
+/// and the end-of-input verdict of each state.
+pub fn build_dfa(
+    policy: &str,
+    patterns: &[ExpandedPattern],
+) -> Result<(Box<DfaTables>, DfaStats), CompileError> {
+    let mut regexes: Vec<String> = Vec::new();
+    let mut bits: Vec<u8> = Vec::new();
+    for bit in BITS {
+        let alts: Vec<String> = patterns
+            .iter()
+            .filter(|p| p.bit == bit)
+            .map(|p| p.glob.to_regex())
+            .collect();
+        if !alts.is_empty() {
+            regexes.push(format!("(?:{})\\z", alts.join("|")));
+            bits.push(bit);
+        }
+    }
+    let mut t = zeroed_tables();
+    let value_bytes = std::mem::size_of::<DfaTables>();
+    if regexes.is_empty() {
+        // Matches nothing: the dead state alone, one class.
+        t.header = DfaHeader {
+            magic: DFA_MAGIC,
+            version: DFA_VERSION,
+            nstates: 1,
+            nclasses: 1,
+            ..DfaHeader::default()
+        };
+        let stats = DfaStats {
+            states: 1,
+            classes: 1,
+            cells: 1,
+            used_bytes: used_bytes(1, 1),
+            value_bytes,
+            dfa_patterns: 0,
+            expanded_globs: 0,
+        };
+        return Ok((t, stats));
+    }
+    let dfa = dense::Builder::new()
+        .configure(
+            dense::DFA::config()
+                .match_kind(MatchKind::All)
+                .start_kind(StartKind::Anchored)
+                .minimize(true)
+                .byte_classes(true)
+                .accelerate(false)
+                .determinize_size_limit(Some(BUILD_LIMIT))
+                .dfa_size_limit(Some(BUILD_LIMIT)),
+        )
+        .syntax(syntax_config())
+        .thompson(thompson::Config::new().utf8(false))
+        .build_many(&regexes)
+        .map_err(|e| CompileError::DfaBuild {
+            policy: policy.to_string(),
+            source: Box::new(e),
+        })?;
+
+    let classes = dfa.byte_classes();
+    let nclasses = (0..=255u8)
+        .map(|b| classes.get(b) as usize)
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let mut rep = vec![0u8; nclasses];
+    for b in (0..=255u8).rev() {
+        rep[classes.get(b) as usize] = b;
+    }
+    let start = dfa
+        .start_state(&start::Config::new().anchored(Anchored::Yes))
+        .map_err(|e| CompileError::DfaStart {
+            policy: policy.to_string(),
+            source: e,
+        })?;
+
+    // Breadth-first renumbering; index 0 is the dead state.
+    let mut index: HashMap<regex_automata::util::primitives::StateID, usize> = HashMap::new();
+    let mut order = vec![None];
+    let mut id_of = |s, order: &mut Vec<_>| -> usize {
+        if dfa.is_dead_state(s) {
+            return 0;
+        }
+        *index.entry(s).or_insert_with(|| {
+            order.push(Some(s));
+            order.len() - 1
+        })
+    };
+    let start_idx = id_of(start, &mut order);
+    let mut rows: Vec<Vec<usize>> = vec![vec![0; nclasses]];
+    let mut eoi: Vec<u8> = vec![0];
+    let mut i = 1;
+    while i < order.len() {
+        let Some(s) = order[i] else { break };
+        let mut row = Vec::with_capacity(nclasses);
+        for &b in &rep {
+            let next = dfa.next_state(s, b);
+            if dfa.is_quit_state(next) {
+                return Err(CompileError::DfaQuit {
+                    policy: policy.to_string(),
+                    byte: b,
+                });
+            }
+            row.push(id_of(next, &mut order));
+        }
+        rows.push(row);
+        let e = dfa.next_eoi_state(s);
+        let mut v = 0u8;
+        if dfa.is_match_state(e) {
+            for k in 0..dfa.match_len(e) {
+                v |= bits
+                    .get(dfa.match_pattern(e, k).as_usize())
+                    .copied()
+                    .unwrap_or(0);
+            }
+        }
+        eoi.push(v);
+        i += 1;
+        if order.len() > DFA_MAX_STATES || order.len() * nclasses > DFA_MAX_CELLS {
+            // Keep exploring to report the real size only up to a bound.
+            if order.len() > 4 * DFA_MAX_STATES {
+                break;
+            }
+        }
+    }
+    let nstates = order.len();
+    let cells = nstates * nclasses;
+    if nstates > DFA_MAX_STATES || cells > DFA_MAX_CELLS {
+        return Err(CompileError::DfaTooLarge {
+            policy: policy.to_string(),
+            states: nstates,
+            cells,
+            classes: nclasses,
+            max_states: DFA_MAX_STATES,
+            max_cells: DFA_MAX_CELLS,
+        });
+    }
+    t.header = DfaHeader {
+        magic: DFA_MAGIC,
+        version: DFA_VERSION,
+        generation: 0,
+        nstates: nstates as u32,
+        nclasses: nclasses as u32,
+        start: (start_idx * nclasses) as u32,
+        dead: 0,
+        _pad: 0,
+        policy_hash: 0,
+    };
+    for b in 0..=255u8 {
+        t.classes[b as usize] = classes.get(b);
+    }
+    for (s, row) in rows.iter().enumerate() {
+        for (c, &next) in row.iter().enumerate() {
+            t.trans[s * nclasses + c] = (next * nclasses) as u32;
+        }
+        t.eoi_verdict[s] = eoi[s];
+    }
+    let stats = DfaStats {
+        states: nstates,
+        classes: nclasses,
+        cells,
+        used_bytes: used_bytes(nstates, nclasses),
+        value_bytes,
+        dfa_patterns: regexes.len(),
+        expanded_globs: patterns.len(),
+    };
+    Ok((t, stats))
+}
+
+fn used_bytes(states: usize, classes: usize) -> usize {
+    std::mem::size_of::<DfaHeader>() + 256 + states + 4 * states * classes
+}
+
+fn build_matcher(
+    policy: &str,
+    patterns: &[ExpandedPattern],
+) -> Result<Option<meta::Regex>, CompileError> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    let res: Vec<String> = patterns
+        .iter()
+        .map(|p| format!("\\A(?:{})\\z", p.glob.to_regex()))
+        .collect();
+    meta::Regex::builder()
+        .syntax(syntax_config())
+        .configure(
+            meta::Config::new()
+                .match_kind(MatchKind::All)
+                .utf8_empty(false),
+        )
+        .build_many(&res)
+        .map(Some)
+        .map_err(|e| CompileError::MatcherBuild {
+            policy: policy.to_string(),
+            source: Box::new(e),
+        })
+}
+
+/// FNV-1a, 64 bit: stable across builds and platforms.
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        for &x in b {
+            self.0 ^= x as u64;
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    fn u32(&mut self, v: u32) {
+        self.bytes(&v.to_le_bytes());
+    }
+}
+
+fn hash_policy(t: &DfaTables, net: &NetTables, c: &PolicyConfig, rules: &[Rule]) -> u64 {
+    let mut h = Fnv::new();
+    let hd = &t.header;
+    for v in [
+        hd.magic,
+        hd.version,
+        hd.nstates,
+        hd.nclasses,
+        hd.start,
+        hd.dead,
+    ] {
+        h.u32(v);
+    }
+    h.bytes(&t.classes);
+    let n = hd.nstates as usize;
+    h.bytes(&t.eoi_verdict[..n]);
+    for &x in &t.trans[..n * hd.nclasses as usize] {
+        h.u32(x);
+    }
+    for (k, e) in &net.entries {
+        h.u32(k.prefixlen);
+        h.bytes(&k.addr);
+        for it in &e.items[..e.nitems as usize] {
+            h.u32(it.rule_id);
+            h.u32(((it.port_lo as u32) << 16) | it.port_hi as u32);
+            h.bytes(&[it.action, it.prefixlen]);
+        }
+    }
+    h.bytes(&[c.fs_mode, c.exec_mode, c.net_mode, c.net_default]);
+    // User-space-only rules (argv prefixes, domains) are part of the policy too.
+    for r in rules {
+        if matches!(
+            r.kind,
+            RuleKind::ExecDenyArgvPrefix | RuleKind::DeniedDomain | RuleKind::AllowedDomain
+        ) {
+            h.u32(r.id);
+            h.bytes(r.text.as_bytes());
+        }
+    }
+    h.0
+}

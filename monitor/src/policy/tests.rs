@@ -1,0 +1,1 @@
+//! Differential property tests (filled in below).
