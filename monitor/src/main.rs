@@ -34,6 +34,11 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = Scope::Sessions)]
         scope: Scope,
     },
+    /// Validate a policy, explain its decisions, import Codex settings.
+    Policy {
+        #[command(subcommand)]
+        cmd: monitor::policy::cli::PolicyCmd,
+    },
     /// Report what this kernel supports, from real load attempts.
     Doctor {
         /// Print the report as JSON.
@@ -57,6 +62,7 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(daemon::run(daemon::DaemonOptions { stdout, load }))
         }
+        Cmd::Policy { cmd } => std::process::exit(monitor::policy::cli::main(cmd)),
         Cmd::Doctor { json } => {
             let report = doctor::run();
             if json {

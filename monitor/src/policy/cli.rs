@@ -34,31 +34,7 @@ pub enum PolicyCmd {
     },
     /// Explain the decision for a path, an exec or a connect, computed from
     /// the compiled kernel tables. Without a target, list the rules.
-    Explain {
-        /// The policy file (TOML).
-        file: PathBuf,
-        /// A canonical path (relative paths are taken under the workspace).
-        #[arg(long, conflicts_with_all = ["exec", "connect"])]
-        path: Option<OsString>,
-        /// An executable path; arguments after `--` are its argv.
-        #[arg(long, conflicts_with = "connect")]
-        exec: Option<OsString>,
-        /// ADDR:PORT (`1.2.3.4:443`, `[::1]:443`) or HOST:PORT.
-        #[arg(long)]
-        connect: Option<String>,
-        /// A DNS name the session resolved to the --connect address
-        /// (repeatable); enables domain rules for an address.
-        #[arg(long = "name")]
-        names: Vec<String>,
-        #[command(flatten)]
-        session: SessionArgs,
-        /// Print the decision as JSON.
-        #[arg(long)]
-        json: bool,
-        /// argv of --exec (after `--`).
-        #[arg(last = true)]
-        argv: Vec<String>,
-    },
+    Explain(Box<ExplainArgs>),
     /// Translate a Codex requirements.toml or config.toml into an agentmon
     /// policy and list every key that is not enforced.
     ImportCodex {
@@ -68,6 +44,34 @@ pub enum PolicyCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Arguments of `agentmon policy explain`.
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The policy file (TOML).
+    pub file: PathBuf,
+    /// A canonical path (relative paths are taken under the workspace).
+    #[arg(long, conflicts_with_all = ["exec", "connect"])]
+    pub path: Option<OsString>,
+    /// An executable path; arguments after `--` are its argv.
+    #[arg(long, conflicts_with = "connect")]
+    pub exec: Option<OsString>,
+    /// ADDR:PORT (`1.2.3.4:443`, `[::1]:443`) or HOST:PORT.
+    #[arg(long)]
+    pub connect: Option<String>,
+    /// A DNS name the session resolved to the --connect address
+    /// (repeatable); enables domain rules for an address.
+    #[arg(long = "name")]
+    pub names: Vec<String>,
+    #[command(flatten)]
+    pub session: SessionArgs,
+    /// Print the decision as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// argv of --exec (after `--`).
+    #[arg(last = true)]
+    pub argv: Vec<String>,
 }
 
 /// The session the policy is bound to.
@@ -153,16 +157,17 @@ pub fn run(cmd: PolicyCmd, out: &mut dyn Write) -> Result<(), CliError> {
             session,
             json,
         } => check(&file, &session, json, out),
-        PolicyCmd::Explain {
-            file,
-            path,
-            exec,
-            connect,
-            names,
-            session,
-            json,
-            argv,
-        } => {
+        PolicyCmd::Explain(args) => {
+            let ExplainArgs {
+                file,
+                path,
+                exec,
+                connect,
+                names,
+                session,
+                json,
+                argv,
+            } = *args;
             let target = match (path, exec, connect) {
                 (Some(p), _, _) => Target::Path(p),
                 (_, Some(e), _) => Target::Exec(e, argv),

@@ -318,9 +318,18 @@ const BITS: [u8; 5] = [
 
 /// An all-zero table on the heap (it is ~2 MiB, too big for the stack).
 pub fn zeroed_tables() -> Box<DfaTables> {
-    // SAFETY: `DfaTables` is `repr(C)` and consists only of integers and
-    // integer arrays, for which the all-zero bit pattern is a valid value.
-    unsafe { Box::<DfaTables>::new_zeroed().assume_init() }
+    let layout = std::alloc::Layout::new::<DfaTables>();
+    // SAFETY: the layout has a non-zero size; `DfaTables` is `repr(C)` and
+    // consists only of integers and integer arrays, for which the all-zero
+    // bit pattern is a valid value; the pointer comes from the global
+    // allocator with this exact layout, as `Box::from_raw` requires.
+    unsafe {
+        let ptr = std::alloc::alloc_zeroed(layout).cast::<DfaTables>();
+        if ptr.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        Box::from_raw(ptr)
+    }
 }
 
 /// Compiles expanded patterns into the serialized DFA: one regex
