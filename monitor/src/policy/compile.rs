@@ -18,7 +18,7 @@ use serde::Serialize;
 use super::{
     error::CompileError,
     file::{Mode, NetDefault, Origin, Policy, Rule, RuleBody, RuleKind},
-    glob::{expand_root, normalize_root, AbsGlob, Glob},
+    glob::{expand_root, normalize_root, AbsGlob, Glob, Tail},
     net::{compile_net, NetRuleRef, NetTables},
 };
 
@@ -344,11 +344,25 @@ pub fn build_dfa(
     let mut regexes: Vec<String> = Vec::new();
     let mut bits: Vec<u8> = Vec::new();
     for bit in BITS {
-        let alts: Vec<String> = patterns
-            .iter()
-            .filter(|p| p.bit == bit)
-            .map(|p| p.glob.to_regex())
-            .collect();
+        // Globs that end in "everything below" share one tail: separate
+        // `.*` tails would make the DFA track which of them matched, up to
+        // 2^n states for n `**/x/**` rules.
+        let mut groups: [Vec<String>; 3] = Default::default();
+        for p in patterns.iter().filter(|p| p.bit == bit) {
+            let (head, tail) = p.glob.to_regex_parts();
+            let g = match tail {
+                Tail::Exact => 0,
+                Tail::Below => 1,
+                Tail::SelfAndBelow => 2,
+            };
+            groups[g].push(head);
+        }
+        let mut alts: Vec<String> = std::mem::take(&mut groups[0]);
+        for (g, tail) in [(1, Tail::Below), (2, Tail::SelfAndBelow)] {
+            if !groups[g].is_empty() {
+                alts.push(format!("(?:{}){}", groups[g].join("|"), tail.regex()));
+            }
+        }
         if !alts.is_empty() {
             regexes.push(format!("(?:{})\\z", alts.join("|")));
             bits.push(bit);

@@ -573,10 +573,12 @@ impl Builder<'_> {
         let cloc = Locator { file, src: text };
         for d in &imp.deny_read {
             let key = format!("codex:{}", d.key);
-            match (
-                &d.translated,
-                Glob::parse(d.translated.as_deref().unwrap_or("")),
-            ) {
+            // An untranslated pattern is re-parsed to report the real error.
+            let text = match &d.translated {
+                Some(t) => t.clone(),
+                None => codex::translate_glob(&d.original).0,
+            };
+            match (&d.translated, Glob::parse(&text)) {
                 (Some(t), Ok(g)) => {
                     let (line, column) = cloc.line_col(d.offset);
                     let origin = Origin {
@@ -595,7 +597,14 @@ impl Builder<'_> {
                     );
                     self.diags.push(cloc.at(d.offset, &d.key, &msg));
                 }
-                (None, Ok(_)) => {}
+                (None, Ok(_)) => {
+                    let msg = format!(
+                        "Codex deny_read pattern {:?} cannot be enforced: {}",
+                        d.original,
+                        d.note.as_deref().unwrap_or("it has no translation")
+                    );
+                    self.diags.push(cloc.at(d.offset, &d.key, &msg));
+                }
             }
         }
         for r in &imp.writable_roots {

@@ -43,6 +43,8 @@ pub enum GlobError {
     UnmatchedBrace { pos: usize },
     #[error("`**` inside `{{...}}` at byte {pos}; expected it outside alternatives")]
     StarStarInAlternation { pos: usize },
+    #[error("{placeholder} at byte {pos}: placeholders are only allowed at the start of a pattern")]
+    PlaceholderNotAtStart { placeholder: &'static str, pos: usize },
     #[error("dangling `\\` at the end of the pattern")]
     DanglingEscape,
     #[error("`~{user}`: other users' homes are not supported; expected `~` or `~/...`")]
@@ -105,8 +107,16 @@ impl Glob {
         }
         let (anchor, rest_off) = anchor_of(src)?;
         let rest = &src.as_bytes()[rest_off..];
+        for ph in ["{workspace}", "{home}"] {
+            if let Some((pos, _)) = src.match_indices(ph).find(|(i, _)| *i > 0) {
+                return Err(GlobError::PlaceholderNotAtStart { placeholder: ph, pos });
+            }
+        }
         let (rest, dir) = match rest {
-            [.., b'/'] if rest.len() > 1 && !ends_escaped(&rest[..rest.len() - 1]) => {
+            [.., b'/']
+                if (rest.len() > 1 || anchor != Anchor::Absolute)
+                    && !ends_escaped(&rest[..rest.len() - 1]) =>
+            {
                 (&rest[..rest.len() - 1], true)
             }
             _ => (rest, false),
@@ -185,12 +195,45 @@ impl AbsGlob {
     /// `dot_matches_new_line`) matching exactly the paths of this glob. It
     /// has no anchors: callers anchor it.
     pub fn to_regex(&self) -> String {
-        let mut re = String::new();
-        emit(&self.toks, &mut re);
-        if self.dir {
-            re.push_str("(?:/.*)?");
-        }
+        let (mut re, tail) = self.to_regex_parts();
+        re.push_str(tail.regex());
         re
+    }
+
+    /// The regex split into a head and a [`Tail`], so that a compiler can
+    /// let many globs share one tail (see `compile::build_dfa`).
+    pub fn to_regex_parts(&self) -> (String, Tail) {
+        let t = &self.toks;
+        let n = t.len();
+        let mut re = String::new();
+        if n >= 2 && t[n - 1] == Tok::GlobStar && t[n - 2] == Tok::Sep {
+            emit(&t[..n - 2], &mut re);
+            (re, Tail::Below)
+        } else {
+            emit(t, &mut re);
+            (re, if self.dir { Tail::SelfAndBelow } else { Tail::Exact })
+        }
+    }
+}
+
+/// How a glob ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tail {
+    /// Nothing follows the head.
+    Exact,
+    /// A final `/**`: everything strictly below the head.
+    Below,
+    /// A trailing `/`: the head and everything below it.
+    SelfAndBelow,
+}
+
+impl Tail {
+    pub fn regex(self) -> &'static str {
+        match self {
+            Tail::Exact => "",
+            Tail::Below => "/.*",
+            Tail::SelfAndBelow => "(?:/.*)?",
+        }
     }
 }
 
@@ -411,6 +454,9 @@ fn ranges_of(set: &[bool; 256]) -> Vec<(u8, u8)> {
 
 /// Rejects empty, `.` and `..` components outside alternatives.
 fn check_components(toks: &[Tok], off: usize, anchor: Anchor) -> Result<(), GlobError> {
+    if toks == [Tok::Sep] && anchor == Anchor::Absolute {
+        return Ok(()); // the root directory itself
+    }
     let mut comp: Vec<&Tok> = Vec::new();
     let mut seen_sep = false;
     let check = |comp: &[&Tok], at_start: bool| -> bool {
@@ -609,6 +655,8 @@ mod tests {
         assert_eq!(re("a/**/**/b"), "/r/a/(?:.*/)?b");
         assert_eq!(re("a/**/**"), "/r/a/.*");
         assert_eq!(re("secrets/"), "/r/secrets(?:/.*)?");
+        assert_eq!(re("~/"), "/home/u(?:/.*)?");
+        assert_eq!(re("/"), "/");
         assert_eq!(re("{a,b/c}"), "/r/(?:a|b/c)");
         assert_eq!(re("[!a]"), "/r/[\\x00-\\x2e\\x30-\\x60\\x62-\\xff]");
         assert_eq!(re("[]a-]"), "/r/[\\x2d\\x5d\\x61]");
@@ -662,6 +710,10 @@ mod tests {
             Err(GlobError::InvalidRange { .. })
         ));
         assert!(matches!(Glob::parse(""), Err(GlobError::Empty)));
+        assert!(matches!(
+            Glob::parse("/x/{workspace}/y"),
+            Err(GlobError::PlaceholderNotAtStart { pos: 3, .. })
+        ));
     }
 
     #[test]

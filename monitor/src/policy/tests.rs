@@ -23,7 +23,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use super::{
     compile::{compile, CompileContext, CompiledPolicy},
     explain::{explain_connect, explain_exec, explain_host, explain_path, Access, NetReason},
-    file::Policy,
+    file::{Policy, RuleKind},
 };
 
 const WS: &str = "/ws";
@@ -725,4 +725,41 @@ fn empty_dfa_and_corrupt_tables() {
         verdict::PATH_TOO_LONG,
         "zero classes fails closed"
     );
+}
+
+#[test]
+fn codex_requirements_are_included() {
+    let dir = std::env::temp_dir().join(format!("agentmon-policy-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let write = |name: &str, text: &str| {
+        std::fs::write(dir.join(name), text).unwrap_or_else(|e| panic!("{e}"))
+    };
+    write(
+        "requirements.toml",
+        "allowed_sandbox_modes = [\"read-only\"]\n[permissions.filesystem]\ndeny_read = [\"**/.env\", \"**.key\"]\n",
+    );
+    write("p.toml", "mode = \"enforce\"\ncodex_requirements = \"requirements.toml\"\n");
+    let p = Policy::load(&dir.join("p.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p.not_enforced.len(), 1);
+    assert_eq!(p.not_enforced[0].key, "allowed_sandbox_modes");
+    let c = compile(&p, &ctx()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(verdict::read_denied(walk(&c.dfa, b"/ws/a/.env")));
+    assert!(verdict::read_denied(walk(&c.dfa, b"/ws/x.key")));
+    assert!(!verdict::read_denied(walk(&c.dfa, b"/ws/a/x.key")));
+    let d = explain_path(&c, b"/ws/a/.env");
+    let deny: Vec<_> = d.rules.iter().filter(|r| r.kind == RuleKind::DenyRead).collect();
+    assert_eq!(deny.len(), 1, "{d:?}");
+    assert_eq!((deny[0].origin.line, deny[0].origin.column), (3, 14));
+    assert!(deny[0].origin.file.ends_with("requirements.toml"));
+    assert_eq!(deny[0].origin.key, "codex:permissions.filesystem.deny_read[0]");
+
+    write("requirements.toml", "[permissions.filesystem]\ndeny_read = [\n  \"[x\",\n]\n");
+    let e = Policy::load(&dir.join("p.toml")).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("requirements.toml:3:3: permissions.filesystem.deny_read[0]"), "{e}");
+    assert!(e.contains("never closed"), "{e}");
+
+    write("p.toml", "mode = \"enforce\"\ncodex_requirements = \"missing.toml\"\n");
+    let e = Policy::load(&dir.join("p.toml")).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("p.toml:2:22: codex_requirements: cannot read"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
