@@ -33,7 +33,10 @@ fn globs(n: usize) -> Vec<String> {
 
 fn policy_text(n: usize) -> String {
     let list = |v: Vec<String>| {
-        v.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ")
+        v.iter()
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     };
     let exec: Vec<String> = (0..n.div_ceil(10)).map(|i| format!("**/tool{i}")).collect();
     format!(
@@ -67,8 +70,12 @@ fn report_sizes() {
         let ms = t.elapsed().as_secs_f64() * 1e3;
         let mut separate = 0;
         for bit in [1u8, 2, 4, 8, 16] {
-            let only: Vec<ExpandedPattern> =
-                c.patterns.iter().filter(|x| x.bit == bit).cloned().collect();
+            let only: Vec<ExpandedPattern> = c
+                .patterns
+                .iter()
+                .filter(|x| x.bit == bit)
+                .cloned()
+                .collect();
             if !only.is_empty() {
                 let (_, s) = build_dfa("bench", &only).unwrap_or_else(|e| panic!("{e}"));
                 separate += s.states;

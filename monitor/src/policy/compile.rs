@@ -344,23 +344,25 @@ pub fn build_dfa(
     let mut regexes: Vec<String> = Vec::new();
     let mut bits: Vec<u8> = Vec::new();
     for bit in BITS {
-        // Globs that end in "everything below" share one tail: separate
-        // `.*` tails would make the DFA track which of them matched, up to
-        // 2^n states for n `**/x/**` rules.
-        let mut groups: [Vec<String>; 3] = Default::default();
+        // Globs are grouped by how they end, so that all "everything below"
+        // globs share one `.*` tail (separate tails make the DFA track which
+        // of them matched: up to 2^n states for n `**/x/**` rules), and each
+        // group's heads are merged into a prefix trie (so that the `**/` of
+        // every glob under one root is one NFA loop, not one per glob).
+        let mut groups: [Trie; 3] = Default::default();
         for p in patterns.iter().filter(|p| p.bit == bit) {
-            let (head, tail) = p.glob.to_regex_parts();
+            let (head, tail) = p.glob.to_regex_units();
             let g = match tail {
                 Tail::Exact => 0,
                 Tail::Below => 1,
                 Tail::SelfAndBelow => 2,
             };
-            groups[g].push(head);
+            groups[g].insert(&head);
         }
-        let mut alts: Vec<String> = std::mem::take(&mut groups[0]);
-        for (g, tail) in [(1, Tail::Below), (2, Tail::SelfAndBelow)] {
+        let mut alts: Vec<String> = Vec::new();
+        for (g, tail) in [(0, Tail::Exact), (1, Tail::Below), (2, Tail::SelfAndBelow)] {
             if !groups[g].is_empty() {
-                alts.push(format!("(?:{}){}", groups[g].join("|"), tail.regex()));
+                alts.push(format!("{}{}", groups[g].regex(), tail.regex()));
             }
         }
         if !alts.is_empty() {
@@ -395,7 +397,9 @@ pub fn build_dfa(
             dense::DFA::config()
                 .match_kind(MatchKind::All)
                 .start_kind(StartKind::Anchored)
-                .minimize(true)
+                // Minimized below, on the verdict bits (much faster than
+                // regex-automata's minimizer on these DFAs).
+                .minimize(false)
                 .byte_classes(true)
                 .accelerate(false)
                 .determinize_size_limit(Some(BUILD_LIMIT))
@@ -409,7 +413,7 @@ pub fn build_dfa(
             source: Box::new(e),
         })?;
 
-    let classes = dfa.byte_classes();
+    let classes = *dfa.byte_classes();
     let nclasses = (0..=255u8)
         .map(|b| classes.get(b) as usize)
         .max()
@@ -427,24 +431,23 @@ pub fn build_dfa(
         })?;
 
     // Breadth-first renumbering; index 0 is the dead state.
-    let mut index: HashMap<regex_automata::util::primitives::StateID, usize> = HashMap::new();
+    let mut index: HashMap<regex_automata::util::primitives::StateID, u32> = HashMap::new();
     let mut order = vec![None];
-    let mut id_of = |s, order: &mut Vec<_>| -> usize {
+    let mut id_of = |s, order: &mut Vec<_>| -> u32 {
         if dfa.is_dead_state(s) {
             return 0;
         }
         *index.entry(s).or_insert_with(|| {
             order.push(Some(s));
-            order.len() - 1
+            (order.len() - 1) as u32
         })
     };
     let start_idx = id_of(start, &mut order);
-    let mut rows: Vec<Vec<usize>> = vec![vec![0; nclasses]];
+    let mut trans: Vec<u32> = vec![0; nclasses];
     let mut eoi: Vec<u8> = vec![0];
     let mut i = 1;
     while i < order.len() {
         let Some(s) = order[i] else { break };
-        let mut row = Vec::with_capacity(nclasses);
         for &b in &rep {
             let next = dfa.next_state(s, b);
             if dfa.is_quit_state(next) {
@@ -453,9 +456,9 @@ pub fn build_dfa(
                     byte: b,
                 });
             }
-            row.push(id_of(next, &mut order));
+            let id = id_of(next, &mut order);
+            trans.push(id);
         }
-        rows.push(row);
         let e = dfa.next_eoi_state(s);
         let mut v = 0u8;
         if dfa.is_match_state(e) {
@@ -468,14 +471,11 @@ pub fn build_dfa(
         }
         eoi.push(v);
         i += 1;
-        if order.len() > DFA_MAX_STATES || order.len() * nclasses > DFA_MAX_CELLS {
-            // Keep exploring to report the real size only up to a bound.
-            if order.len() > 4 * DFA_MAX_STATES {
-                break;
-            }
-        }
     }
-    let nstates = order.len();
+    drop(dfa);
+    let (rows, eoi, start_idx) = minimize(nclasses, &trans, &eoi, start_idx as usize);
+    let start_idx = start_idx as usize;
+    let nstates = eoi.len();
     let cells = nstates * nclasses;
     if nstates > DFA_MAX_STATES || cells > DFA_MAX_CELLS {
         return Err(CompileError::DfaTooLarge {
@@ -501,12 +501,10 @@ pub fn build_dfa(
     for b in 0..=255u8 {
         t.classes[b as usize] = classes.get(b);
     }
-    for (s, row) in rows.iter().enumerate() {
-        for (c, &next) in row.iter().enumerate() {
-            t.trans[s * nclasses + c] = (next * nclasses) as u32;
-        }
-        t.eoi_verdict[s] = eoi[s];
+    for (cell, &next) in rows.iter().enumerate() {
+        t.trans[cell] = next * nclasses as u32;
     }
+    t.eoi_verdict[..nstates].copy_from_slice(&eoi);
     let stats = DfaStats {
         states: nstates,
         classes: nclasses,
@@ -517,6 +515,194 @@ pub fn build_dfa(
         expanded_globs: patterns.len(),
     };
     Ok((t, stats))
+}
+
+/// Hopcroft's partition refinement over a complete DFA given as
+/// `trans[state * k + class]`, with states distinguished by their
+/// end-of-input verdict. Returns the minimal DFA renumbered breadth-first
+/// from the start, with the dead block (the one holding state 0) at index 0:
+/// `(trans, eoi, start)`.
+pub(crate) fn minimize(
+    k: usize,
+    trans: &[u32],
+    eoi: &[u8],
+    start: usize,
+) -> (Vec<u32>, Vec<u8>, u32) {
+    let n = eoi.len();
+    // Inverse transitions per class, as CSR: sources of (class, target).
+    let mut off = vec![0u32; k * n + 1];
+    for s in 0..n {
+        for c in 0..k {
+            off[c * n + trans[s * k + c] as usize + 1] += 1;
+        }
+    }
+    for i in 1..off.len() {
+        off[i] += off[i - 1];
+    }
+    let mut fill = off.clone();
+    let mut inv = vec![0u32; n * k];
+    for s in 0..n {
+        for c in 0..k {
+            let key = c * n + trans[s * k + c] as usize;
+            inv[fill[key] as usize] = s as u32;
+            fill[key] += 1;
+        }
+    }
+    drop(fill);
+
+    // Initial partition: one block per verdict value.
+    let mut elems: Vec<u32> = (0..n as u32).collect();
+    elems.sort_by_key(|&s| (eoi[s as usize], s));
+    let mut loc = vec![0u32; n];
+    let mut block_of = vec![0u32; n];
+    let mut bstart: Vec<u32> = Vec::new();
+    let mut bend: Vec<u32> = Vec::new();
+    for (i, &s) in elems.iter().enumerate() {
+        loc[s as usize] = i as u32;
+        if i == 0 || eoi[elems[i - 1] as usize] != eoi[s as usize] {
+            bstart.push(i as u32);
+            bend.push(i as u32);
+        }
+        let b = bstart.len() - 1;
+        bend[b] = i as u32 + 1;
+        block_of[s as usize] = b as u32;
+    }
+    let mut marked = vec![0u32; bstart.len()];
+    let mut in_work = vec![true; bstart.len()];
+    let mut work: Vec<u32> = (0..bstart.len() as u32).collect();
+    let mut touched: Vec<u32> = Vec::new();
+    let mut splitter: Vec<u32> = Vec::new();
+    while let Some(b) = work.pop() {
+        in_work[b as usize] = false;
+        splitter.clear();
+        splitter.extend_from_slice(&elems[bstart[b as usize] as usize..bend[b as usize] as usize]);
+        for c in 0..k {
+            touched.clear();
+            for &t in &splitter {
+                let key = c * n + t as usize;
+                for &s in &inv[off[key] as usize..off[key + 1] as usize] {
+                    let y = block_of[s as usize] as usize;
+                    let pos = loc[s as usize];
+                    let mpos = bstart[y] + marked[y];
+                    if pos < mpos {
+                        continue; // already marked
+                    }
+                    let other = elems[mpos as usize];
+                    elems.swap(pos as usize, mpos as usize);
+                    loc[other as usize] = pos;
+                    loc[s as usize] = mpos;
+                    if marked[y] == 0 {
+                        touched.push(y as u32);
+                    }
+                    marked[y] += 1;
+                }
+            }
+            for &y in &touched {
+                let y = y as usize;
+                let m = marked[y];
+                marked[y] = 0;
+                let size = bend[y] - bstart[y];
+                if m == size {
+                    continue;
+                }
+                // Split: the marked prefix becomes block z.
+                let z = bstart.len();
+                bstart.push(bstart[y]);
+                bend.push(bstart[y] + m);
+                marked.push(0);
+                in_work.push(false);
+                bstart[y] += m;
+                for i in bstart[z]..bend[z] {
+                    block_of[elems[i as usize] as usize] = z as u32;
+                }
+                if in_work[y] || m <= size - m {
+                    in_work[z] = true;
+                    work.push(z as u32);
+                } else {
+                    in_work[y] = true;
+                    work.push(y as u32);
+                }
+            }
+        }
+    }
+
+    // Renumber blocks breadth-first; the dead block first.
+    let nb = bstart.len();
+    let mut new_id = vec![u32::MAX; nb];
+    let dead = block_of[0] as usize;
+    new_id[dead] = 0;
+    let mut queue: Vec<usize> = vec![dead];
+    let sb = block_of[start] as usize;
+    if new_id[sb] == u32::MAX {
+        new_id[sb] = 1;
+        queue.push(sb);
+    }
+    let mut out_trans: Vec<u32> = Vec::new();
+    let mut out_eoi: Vec<u8> = Vec::new();
+    let mut qi = 0;
+    while qi < queue.len() {
+        let blk = queue[qi];
+        qi += 1;
+        let rep = elems[bstart[blk] as usize] as usize;
+        out_eoi.push(eoi[rep]);
+        for c in 0..k {
+            let tb = block_of[trans[rep * k + c] as usize] as usize;
+            if new_id[tb] == u32::MAX {
+                new_id[tb] = queue.len() as u32;
+                queue.push(tb);
+            }
+            out_trans.push(new_id[tb]);
+        }
+    }
+    (out_trans, out_eoi, new_id[sb])
+}
+
+/// A prefix trie of regex fragments; `regex()` matches exactly the
+/// inserted fragment sequences.
+#[derive(Default)]
+struct Trie {
+    children: Vec<(String, Trie)>,
+    terminal: bool,
+}
+
+impl Trie {
+    fn is_empty(&self) -> bool {
+        !self.terminal && self.children.is_empty()
+    }
+
+    fn insert(&mut self, units: &[String]) {
+        let Some((first, rest)) = units.split_first() else {
+            self.terminal = true;
+            return;
+        };
+        let pos = match self.children.iter().position(|(u, _)| u == first) {
+            Some(p) => p,
+            None => {
+                self.children.push((first.clone(), Trie::default()));
+                self.children.len() - 1
+            }
+        };
+        self.children[pos].1.insert(rest);
+    }
+
+    fn regex(&self) -> String {
+        let mut alts: Vec<String> = self
+            .children
+            .iter()
+            .map(|(u, c)| format!("{u}{}", c.regex()))
+            .collect();
+        if self.terminal {
+            if alts.is_empty() {
+                return String::new();
+            }
+            alts.push(String::new());
+        }
+        match alts.len() {
+            0 => String::new(),
+            1 => alts.pop().unwrap_or_default(),
+            _ => format!("(?:{})", alts.join("|")),
+        }
+    }
 }
 
 fn used_bytes(states: usize, classes: usize) -> usize {

@@ -43,8 +43,13 @@ pub enum GlobError {
     UnmatchedBrace { pos: usize },
     #[error("`**` inside `{{...}}` at byte {pos}; expected it outside alternatives")]
     StarStarInAlternation { pos: usize },
-    #[error("{placeholder} at byte {pos}: placeholders are only allowed at the start of a pattern")]
-    PlaceholderNotAtStart { placeholder: &'static str, pos: usize },
+    #[error(
+        "{placeholder} at byte {pos}: placeholders are only allowed at the start of a pattern"
+    )]
+    PlaceholderNotAtStart {
+        placeholder: &'static str,
+        pos: usize,
+    },
     #[error("dangling `\\` at the end of the pattern")]
     DanglingEscape,
     #[error("`~{user}`: other users' homes are not supported; expected `~` or `~/...`")]
@@ -109,7 +114,10 @@ impl Glob {
         let rest = &src.as_bytes()[rest_off..];
         for ph in ["{workspace}", "{home}"] {
             if let Some((pos, _)) = src.match_indices(ph).find(|(i, _)| *i > 0) {
-                return Err(GlobError::PlaceholderNotAtStart { placeholder: ph, pos });
+                return Err(GlobError::PlaceholderNotAtStart {
+                    placeholder: ph,
+                    pos,
+                });
             }
         }
         let (rest, dir) = match rest {
@@ -203,15 +211,25 @@ impl AbsGlob {
     /// The regex split into a head and a [`Tail`], so that a compiler can
     /// let many globs share one tail (see `compile::build_dfa`).
     pub fn to_regex_parts(&self) -> (String, Tail) {
+        let (units, tail) = self.to_regex_units();
+        (units.concat(), tail)
+    }
+
+    /// Like [`AbsGlob::to_regex_parts`], with the head as fragments.
+    pub fn to_regex_units(&self) -> (Vec<String>, Tail) {
         let t = &self.toks;
         let n = t.len();
-        let mut re = String::new();
         if n >= 2 && t[n - 1] == Tok::GlobStar && t[n - 2] == Tok::Sep {
-            emit(&t[..n - 2], &mut re);
-            (re, Tail::Below)
+            (units(&t[..n - 2]), Tail::Below)
         } else {
-            emit(t, &mut re);
-            (re, if self.dir { Tail::SelfAndBelow } else { Tail::Exact })
+            (
+                units(t),
+                if self.dir {
+                    Tail::SelfAndBelow
+                } else {
+                    Tail::Exact
+                },
+            )
         }
     }
 }
@@ -494,23 +512,34 @@ fn push_lit(b: u8, re: &mut String) {
 }
 
 fn emit(toks: &[Tok], re: &mut String) {
+    for u in units(toks) {
+        re.push_str(&u);
+    }
+}
+
+/// The regex of `toks` as a list of fragments, one per token (`/**/` is one
+/// fragment). Concatenated they give the regex; a compiler can share common
+/// leading fragments between globs.
+fn units(toks: &[Tok]) -> Vec<String> {
+    let mut out = Vec::with_capacity(toks.len());
     let mut i = 0;
     while i < toks.len() {
+        let mut re = String::new();
         match &toks[i] {
             Tok::Sep if toks.get(i + 1) == Some(&Tok::GlobStar) => {
                 if i + 2 >= toks.len() {
                     // final `/**`
-                    re.push_str("/.*");
+                    out.push("/.*".to_string());
                     i += 2;
                 } else {
                     // `/**/`
-                    re.push_str("/(?:.*/)?");
+                    out.push("/(?:.*/)?".to_string());
                     i += 3;
                 }
                 continue;
             }
             Tok::Sep => re.push('/'),
-            Tok::Lit(b) => push_lit(*b, re),
+            Tok::Lit(b) => push_lit(*b, &mut re),
             Tok::Star => re.push_str("[^/]*"),
             Tok::Any => re.push_str("[^/]"),
             Tok::Class(ranges) => {
@@ -529,7 +558,7 @@ fn emit(toks: &[Tok], re: &mut String) {
                     if k > 0 {
                         re.push('|');
                     }
-                    emit(a, re);
+                    emit(a, &mut re);
                 }
                 re.push(')');
             }
@@ -537,8 +566,10 @@ fn emit(toks: &[Tok], re: &mut String) {
             // treat a bare one as "anything".
             Tok::GlobStar => re.push_str(".*"),
         }
+        out.push(re);
         i += 1;
     }
+    out
 }
 
 fn render(toks: &[Tok], out: &mut Vec<u8>) {

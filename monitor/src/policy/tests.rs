@@ -738,7 +738,10 @@ fn codex_requirements_are_included() {
         "requirements.toml",
         "allowed_sandbox_modes = [\"read-only\"]\n[permissions.filesystem]\ndeny_read = [\"**/.env\", \"**.key\"]\n",
     );
-    write("p.toml", "mode = \"enforce\"\ncodex_requirements = \"requirements.toml\"\n");
+    write(
+        "p.toml",
+        "mode = \"enforce\"\ncodex_requirements = \"requirements.toml\"\n",
+    );
     let p = Policy::load(&dir.join("p.toml")).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(p.not_enforced.len(), 1);
     assert_eq!(p.not_enforced[0].key, "allowed_sandbox_modes");
@@ -747,19 +750,108 @@ fn codex_requirements_are_included() {
     assert!(verdict::read_denied(walk(&c.dfa, b"/ws/x.key")));
     assert!(!verdict::read_denied(walk(&c.dfa, b"/ws/a/x.key")));
     let d = explain_path(&c, b"/ws/a/.env");
-    let deny: Vec<_> = d.rules.iter().filter(|r| r.kind == RuleKind::DenyRead).collect();
+    let deny: Vec<_> = d
+        .rules
+        .iter()
+        .filter(|r| r.kind == RuleKind::DenyRead)
+        .collect();
     assert_eq!(deny.len(), 1, "{d:?}");
     assert_eq!((deny[0].origin.line, deny[0].origin.column), (3, 14));
     assert!(deny[0].origin.file.ends_with("requirements.toml"));
-    assert_eq!(deny[0].origin.key, "codex:permissions.filesystem.deny_read[0]");
+    assert_eq!(
+        deny[0].origin.key,
+        "codex:permissions.filesystem.deny_read[0]"
+    );
 
-    write("requirements.toml", "[permissions.filesystem]\ndeny_read = [\n  \"[x\",\n]\n");
-    let e = Policy::load(&dir.join("p.toml")).err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(e.contains("requirements.toml:3:3: permissions.filesystem.deny_read[0]"), "{e}");
+    write(
+        "requirements.toml",
+        "[permissions.filesystem]\ndeny_read = [\n  \"[x\",\n]\n",
+    );
+    let e = Policy::load(&dir.join("p.toml"))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        e.contains("requirements.toml:3:3: permissions.filesystem.deny_read[0]"),
+        "{e}"
+    );
     assert!(e.contains("never closed"), "{e}");
 
-    write("p.toml", "mode = \"enforce\"\ncodex_requirements = \"missing.toml\"\n");
-    let e = Policy::load(&dir.join("p.toml")).err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(e.contains("p.toml:2:22: codex_requirements: cannot read"), "{e}");
+    write(
+        "p.toml",
+        "mode = \"enforce\"\ncodex_requirements = \"missing.toml\"\n",
+    );
+    let e = Policy::load(&dir.join("p.toml"))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        e.contains("p.toml:2:22: codex_requirements: cannot read"),
+        "{e}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The hand-written Hopcroft minimization must give exactly the minimal
+/// DFA: as many states as regex-automata's own minimizer (the minimal DFA
+/// is unique), and the same verdicts.
+#[test]
+fn minimization_matches_regex_automata() {
+    use regex_automata::{
+        dfa::{dense, Automaton, StartKind},
+        util::{start, syntax},
+        Anchored, MatchKind,
+    };
+    let p = Policy::parse("t.toml", BASIC, None).unwrap_or_else(|e| panic!("{e}"));
+    let c = compile(&p, &ctx()).unwrap_or_else(|e| panic!("{e}"));
+    let mut regexes = Vec::new();
+    for bit in [1u8, 2, 4, 8, 16] {
+        let alts: Vec<String> = c
+            .patterns
+            .iter()
+            .filter(|p| p.bit == bit)
+            .map(|p| p.glob.to_regex())
+            .collect();
+        if !alts.is_empty() {
+            regexes.push(format!("(?:{})\\z", alts.join("|")));
+        }
+    }
+    let reference = dense::Builder::new()
+        .configure(
+            dense::DFA::config()
+                .match_kind(MatchKind::All)
+                .start_kind(StartKind::Anchored)
+                .minimize(true),
+        )
+        .syntax(
+            syntax::Config::new()
+                .unicode(false)
+                .utf8(false)
+                .dot_matches_new_line(true),
+        )
+        .build_many(&regexes)
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Count the reachable states of the reference (dead state included).
+    let s0 = reference
+        .start_state(&start::Config::new().anchored(Anchored::Yes))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut seen = vec![s0];
+    let mut i = 0;
+    let mut has_dead = false;
+    while i < seen.len() {
+        for b in 0..=255u8 {
+            let t = reference.next_state(seen[i], b);
+            if reference.is_dead_state(t) {
+                has_dead = true;
+            } else if !seen.contains(&t) {
+                seen.push(t);
+            }
+        }
+        i += 1;
+    }
+    let want = seen.len() + usize::from(has_dead);
+    assert_eq!(
+        c.stats.states, want,
+        "agentmon minimal DFA vs regex-automata minimal DFA"
+    );
 }
