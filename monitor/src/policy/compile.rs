@@ -1,6 +1,10 @@
 //! Binding a policy to a session and compiling it into kernel tables.
 
-use std::{collections::HashMap, os::unix::ffi::OsStrExt, path::PathBuf};
+use std::{
+    collections::{BTreeMap, HashMap},
+    os::unix::ffi::OsStrExt,
+    path::PathBuf,
+};
 
 use monitor_common::policy::{
     mode, net_action, verdict, DfaHeader, DfaTables, PolicyConfig, DFA_MAGIC, DFA_MAX_CELLS,
@@ -344,27 +348,7 @@ pub fn build_dfa(
     let mut regexes: Vec<String> = Vec::new();
     let mut bits: Vec<u8> = Vec::new();
     for bit in BITS {
-        // Globs are grouped by how they end, so that all "everything below"
-        // globs share one `.*` tail (separate tails make the DFA track which
-        // of them matched: up to 2^n states for n `**/x/**` rules), and each
-        // group's heads are merged into a prefix trie (so that the `**/` of
-        // every glob under one root is one NFA loop, not one per glob).
-        let mut groups: [Trie; 3] = Default::default();
-        for p in patterns.iter().filter(|p| p.bit == bit) {
-            let (head, tail) = p.glob.to_regex_units();
-            let g = match tail {
-                Tail::Exact => 0,
-                Tail::Below => 1,
-                Tail::SelfAndBelow => 2,
-            };
-            groups[g].insert(&head);
-        }
-        let mut alts: Vec<String> = Vec::new();
-        for (g, tail) in [(0, Tail::Exact), (1, Tail::Below), (2, Tail::SelfAndBelow)] {
-            if !groups[g].is_empty() {
-                alts.push(format!("{}{}", groups[g].regex(), tail.regex()));
-            }
-        }
+        let alts = bit_alternatives(patterns.iter().filter(|p| p.bit == bit));
         if !alts.is_empty() {
             regexes.push(format!("(?:{})\\z", alts.join("|")));
             bits.push(bit);
@@ -515,6 +499,56 @@ pub fn build_dfa(
         expanded_globs: patterns.len(),
     };
     Ok((t, stats))
+}
+
+/// The regex alternatives of one verdict bit, factored so that the DFA
+/// construction stays small:
+///
+/// * globs are grouped by how they end ([`Tail`]), so every "everything
+///   below" glob shares one `.*` tail (separate tails make the DFA track
+///   which of them matched: up to 2^n states for n `**/x/**` rules);
+/// * a glob with a `/**/` is split at its last one into a head and a rest;
+///   heads with the same set of rests share one `(?:.*/)?` loop
+///   (`(?:/ws|/tmp/a)/(?:.*/)?(?:x|y)`), so the DFA does not carry one copy
+///   of the rest per head;
+/// * everything else goes into prefix tries of regex fragments.
+fn bit_alternatives<'a>(patterns: impl Iterator<Item = &'a ExpandedPattern>) -> Vec<String> {
+    const LOOP: &str = "/(?:.*/)?";
+    let tails = [Tail::Exact, Tail::Below, Tail::SelfAndBelow];
+    let slot = |t: Tail| tails.iter().position(|&x| x == t).unwrap_or(0);
+    let mut plain: [Trie; 3] = Default::default();
+    let mut by_head: BTreeMap<Vec<String>, [Trie; 3]> = BTreeMap::new();
+    for p in patterns {
+        let (units, tail) = p.glob.to_regex_units();
+        match units.iter().rposition(|u| u == LOOP) {
+            Some(pos) => {
+                let rests = by_head.entry(units[..pos].to_vec()).or_default();
+                rests[slot(tail)].insert(&units[pos + 1..]);
+            }
+            None => plain[slot(tail)].insert(&units),
+        }
+    }
+    let tailed = |tries: &[Trie; 3]| -> Vec<String> {
+        tails
+            .iter()
+            .zip(tries)
+            .filter(|(_, t)| !t.is_empty())
+            .map(|(tail, t)| match tail {
+                Tail::Exact => t.regex(),
+                _ => format!("(?:{}){}", t.regex(), tail.regex()),
+            })
+            .collect()
+    };
+    let mut alts = tailed(&plain);
+    let mut by_rest: BTreeMap<String, Trie> = BTreeMap::new();
+    for (head, rests) in &by_head {
+        let rest = format!("(?:{})", tailed(rests).join("|"));
+        by_rest.entry(rest).or_default().insert(head);
+    }
+    for (rest, heads) in &by_rest {
+        alts.push(format!("(?:{}){LOOP}{rest}", heads.regex()));
+    }
+    alts
 }
 
 /// Hopcroft's partition refinement over a complete DFA given as
