@@ -407,7 +407,7 @@ fn explain(
                 writeln!(out)?;
                 return Ok(());
             }
-            writeln!(out, "path {}", d.path)?;
+            writeln!(out, "path {}", d.path.escape_debug())?;
             writeln!(
                 out,
                 "  verdict: {:#04x} [{}]",
@@ -437,7 +437,7 @@ fn explain(
                 writeln!(out)?;
                 return Ok(());
             }
-            writeln!(out, "exec {} {:?}", d.path.path, argv)?;
+            writeln!(out, "exec {} {:?}", d.path.path.escape_debug(), argv)?;
             access_line(out, "exec", d.exec)?;
             let exec_rules: Vec<RuleRef> = d
                 .path
