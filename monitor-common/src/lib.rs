@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod event;
+pub mod policy;
 
 pub use config::*;
 pub use event::*;

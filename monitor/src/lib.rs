@@ -12,5 +12,6 @@ pub mod event;
 pub mod export;
 pub mod kernel;
 pub mod pipeline;
+pub mod policy;
 pub mod session;
 pub mod store;

@@ -92,6 +92,11 @@ enum Cmd {
     },
     /// Query the local event store.
     Events(store::cli::EventsArgs),
+    /// Validate a policy, explain its decisions, import Codex settings.
+    Policy {
+        #[command(subcommand)]
+        cmd: monitor::policy::cli::PolicyCmd,
+    },
     /// Report what this kernel supports, from real load attempts.
     Doctor {
         /// Print the report as JSON.
@@ -168,6 +173,7 @@ fn main() -> anyhow::Result<()> {
         } => std::process::exit(client::hook_codex(&client_socket)),
         Cmd::Status { json } => client::status(&client_socket, json),
         Cmd::Events(args) => Ok(store::cli::run_events(&args)?),
+        Cmd::Policy { cmd } => std::process::exit(monitor::policy::cli::main(cmd)),
         Cmd::Doctor { json } => {
             let report = doctor::run();
             if json {

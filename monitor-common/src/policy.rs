@@ -1,0 +1,258 @@
+//! Kernel-facing policy tables.
+//!
+//! User space (`monitor::policy`) compiles a policy file into these tables;
+//! the kernel programs read them from array / LPM-trie maps. Everything here
+//! follows the crate rules: `#[repr(C)]`, fixed-width integers, explicit
+//! padding, size assertions.
+//!
+//! # Path DFA
+//!
+//! All path globs of a policy are compiled into one byte DFA ([`DfaTables`]).
+//! The DFA matches the *whole* canonical absolute path (anchored at both
+//! ends). Accepting states carry a verdict bit mask ([`verdict`]) instead of
+//! rule IDs; user space recovers the rule by re-matching the reported path.
+//!
+//! The walker is [`walk`]: one table lookup per path byte, a dead-state
+//! early exit, and the end-of-input verdict of the final state. It is written
+//! so that it ports directly to a bounded eBPF loop (at most
+//! [`DFA_MAX_PATH`] iterations, every index masked to a power-of-two table).
+//!
+//! # Network
+//!
+//! CIDR rules become LPM-trie entries ([`LpmKey`] → [`NetEntry`]). IPv4
+//! addresses are mapped into IPv6 (`::ffff:a.b.c.d`, prefix length + 96), so
+//! one trie serves both families. Each entry already contains the rules of
+//! every shorter prefix that covers it (pushed down at compile time), ordered
+//! by precedence, so a single longest-prefix lookup plus a scan of at most
+//! [`NET_MAX_ITEMS`] items decides a connect.
+
+/// Largest number of DFA states (size of [`DfaTables::eoi_verdict`]).
+pub const DFA_MAX_STATES: usize = 1 << 16;
+/// Largest number of transition cells, `nstates * nclasses`
+/// (size of [`DfaTables::trans`]).
+pub const DFA_MAX_CELLS: usize = 1 << 19;
+/// Longest path the walker looks at. Longer paths get
+/// [`verdict::PATH_TOO_LONG`] (callers fail closed).
+pub const DFA_MAX_PATH: usize = 4096;
+/// `DfaHeader::magic`: "AMDF".
+pub const DFA_MAGIC: u32 = 0x4644_4d41;
+/// `DfaHeader::version`: bump on any layout or semantic change.
+pub const DFA_VERSION: u32 = 1;
+
+/// Verdict bits carried by DFA states (end-of-input verdicts).
+pub mod verdict {
+    /// A `[permissions.filesystem] deny_read` pattern matches the path.
+    pub const DENY_READ: u8 = 1 << 0;
+    /// An `allow_read` exception matches the path.
+    pub const ALLOW_READ: u8 = 1 << 1;
+    /// The path is a protected (read-only) subtree inside a writable root.
+    pub const PROTECTED: u8 = 1 << 2;
+    /// An `[exec] deny` pattern matches the path (as an executable).
+    pub const EXEC_DENY: u8 = 1 << 3;
+    /// The path is inside a writable root (or is one).
+    pub const WRITABLE: u8 = 1 << 4;
+    /// Set by the walker, never by the compiler: the path was longer than
+    /// [`super::DFA_MAX_PATH`]. Every access check treats it as a denial.
+    pub const PATH_TOO_LONG: u8 = 1 << 7;
+
+    /// Read access is denied: a deny pattern matches and no allow exception
+    /// does, or the path could not be matched at all.
+    #[inline(always)]
+    pub const fn read_denied(v: u8) -> bool {
+        v & PATH_TOO_LONG != 0 || (v & DENY_READ != 0 && v & ALLOW_READ == 0)
+    }
+
+    /// Write access (open for write, create, unlink, rename, ...) is denied:
+    /// the path lies in a protected subtree.
+    #[inline(always)]
+    pub const fn write_denied(v: u8) -> bool {
+        v & (PATH_TOO_LONG | PROTECTED) != 0
+    }
+
+    /// Executing the path is denied.
+    #[inline(always)]
+    pub const fn exec_denied(v: u8) -> bool {
+        v & (PATH_TOO_LONG | EXEC_DENY) != 0
+    }
+}
+
+/// Enforcement modes of a policy section (values of the `*_mode` fields).
+pub mod mode {
+    /// Decide and deny.
+    pub const ENFORCE: u8 = 1;
+    /// Decide, report the would-be denial, allow.
+    pub const AUDIT: u8 = 2;
+}
+
+/// Header of [`DfaTables`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DfaHeader {
+    /// [`DFA_MAGIC`]; a table with another value is never walked.
+    pub magic: u32,
+    /// [`DFA_VERSION`].
+    pub version: u32,
+    /// Policy generation (set by the daemon when it swaps tables).
+    pub generation: u32,
+    /// Number of states, including the dead state (state index 0).
+    pub nstates: u32,
+    /// Number of byte equivalence classes (row length of `trans`).
+    pub nclasses: u32,
+    /// Start state, pre-multiplied (`index * nclasses`).
+    pub start: u32,
+    /// Dead state, pre-multiplied. Always 0.
+    pub dead: u32,
+    pub _pad: u32,
+    /// Stable 64-bit hash of the compiled policy (FNV-1a over the tables).
+    pub policy_hash: u64,
+}
+const _: () = assert!(core::mem::size_of::<DfaHeader>() == 40);
+
+/// The serialized path DFA: the value of the kernel's policy array map.
+///
+/// `trans[state + classes[byte]]` is the next state, where `state` is
+/// pre-multiplied by `nclasses`. `eoi_verdict[state / nclasses]` is the
+/// verdict of a path that ends in that state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DfaTables {
+    pub header: DfaHeader,
+    /// Byte → equivalence class.
+    pub classes: [u8; 256],
+    /// Verdict of each state at end of input (bits of [`verdict`]).
+    pub eoi_verdict: [u8; DFA_MAX_STATES],
+    /// Transition table, `nstates * nclasses` cells used.
+    pub trans: [u32; DFA_MAX_CELLS],
+}
+const _: () =
+    assert!(core::mem::size_of::<DfaTables>() == 40 + 256 + DFA_MAX_STATES + 4 * DFA_MAX_CELLS);
+const _: () = assert!(core::mem::size_of::<DfaTables>() <= 16 << 20);
+const _: () = assert!(DFA_MAX_CELLS.is_power_of_two() && DFA_MAX_STATES.is_power_of_two());
+
+/// Walks `path` through the serialized DFA and returns the end-of-input
+/// verdict (bits of [`verdict`]).
+///
+/// This is the exact algorithm the kernel runs: start state, one lookup per
+/// byte, stop early in the dead state, then the verdict of the final state.
+/// Every index is masked to its table size, so a corrupt table can give a
+/// wrong verdict but never an out-of-bounds access. A table with a wrong
+/// magic or zero classes yields [`verdict::PATH_TOO_LONG`] (fail closed).
+#[inline]
+pub fn walk(tables: &DfaTables, path: &[u8]) -> u8 {
+    let h = &tables.header;
+    if h.magic != DFA_MAGIC || h.nclasses == 0 || path.len() > DFA_MAX_PATH {
+        return verdict::PATH_TOO_LONG;
+    }
+    let mut state = h.start;
+    let mut i = 0;
+    // Bounded like the eBPF loop: at most DFA_MAX_PATH iterations.
+    while i < DFA_MAX_PATH && i < path.len() {
+        let class = tables.classes[path[i] as usize] as u32;
+        state = tables.trans[(state.wrapping_add(class) as usize) & (DFA_MAX_CELLS - 1)];
+        if state == h.dead {
+            break;
+        }
+        i += 1;
+    }
+    tables.eoi_verdict[((state / h.nclasses) as usize) & (DFA_MAX_STATES - 1)]
+}
+
+/// Key of the network LPM trie: an IPv6 address (IPv4 mapped to
+/// `::ffff:a.b.c.d`) and a prefix length in bits (0..=128).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LpmKey {
+    pub prefixlen: u32,
+    pub addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<LpmKey>() == 20);
+
+/// Largest number of items in one [`NetEntry`] (rules of the prefix itself
+/// plus those pushed down from covering prefixes).
+pub const NET_MAX_ITEMS: usize = 8;
+/// Largest number of LPM entries in one policy (the trie's `max_entries`).
+pub const NET_MAX_ENTRIES: usize = 4096;
+
+/// Network actions ([`NetItem::action`], `PolicyConfig::net_default`).
+pub mod net_action {
+    pub const ALLOW: u8 = 1;
+    pub const DENY: u8 = 2;
+}
+
+/// One CIDR rule applied to a port range.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetItem {
+    /// Policy rule ID (see `agentmon policy explain`).
+    pub rule_id: u32,
+    /// First port (inclusive); 0 with `port_hi` 65535 means every port.
+    pub port_lo: u16,
+    /// Last port (inclusive).
+    pub port_hi: u16,
+    /// One of [`net_action`].
+    pub action: u8,
+    /// Prefix length (IPv6 bits) of the rule this item came from.
+    pub prefixlen: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<NetItem>() == 12);
+
+/// Value of the network LPM trie. The first item (in order) whose port range
+/// contains the destination port decides; no matching item means "no CIDR
+/// rule applies" (domain rules, then the default).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetEntry {
+    /// Items used, at most [`NET_MAX_ITEMS`].
+    pub nitems: u32,
+    pub _pad: u32,
+    pub items: [NetItem; NET_MAX_ITEMS],
+}
+const _: () = assert!(core::mem::size_of::<NetEntry>() == 8 + 12 * NET_MAX_ITEMS);
+
+impl NetEntry {
+    /// The deciding item for `port`, scanning like the kernel does.
+    #[inline]
+    pub fn lookup(&self, port: u16) -> Option<&NetItem> {
+        let mut i = 0;
+        while i < NET_MAX_ITEMS && i < self.nitems as usize {
+            let it = &self.items[i];
+            if it.port_lo <= port && port <= it.port_hi {
+                return Some(it);
+            }
+            i += 1;
+        }
+        None
+    }
+}
+
+/// Per-policy scalars for the kernel programs (a one-element array map).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyConfig {
+    /// Same as `DfaHeader::generation`.
+    pub generation: u32,
+    /// [`mode`] of `[permissions.filesystem]` and protected roots.
+    pub fs_mode: u8,
+    /// [`mode`] of `[exec]`.
+    pub exec_mode: u8,
+    /// [`mode`] of `[network]`.
+    pub net_mode: u8,
+    /// [`net_action`] when no network rule applies.
+    pub net_default: u8,
+    /// Same as `DfaHeader::policy_hash`.
+    pub policy_hash: u64,
+}
+const _: () = assert!(core::mem::size_of::<PolicyConfig>() == 16);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: repr(C) structs of integers and integer arrays; every padding
+    // byte is an explicit field, so all bit patterns are valid.
+    unsafe impl aya::Pod for super::DfaHeader {}
+    unsafe impl aya::Pod for super::DfaTables {}
+    unsafe impl aya::Pod for super::LpmKey {}
+    unsafe impl aya::Pod for super::NetItem {}
+    unsafe impl aya::Pod for super::NetEntry {}
+    unsafe impl aya::Pod for super::PolicyConfig {}
+}
