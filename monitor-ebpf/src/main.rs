@@ -8,6 +8,7 @@
 #![no_main]
 
 mod exec;
+mod lsm_inode;
 mod maps;
 mod probe;
 mod scope;

@@ -73,3 +73,12 @@ fn no_events_outside_sessions() {
         "a process outside every session produced an event"
     );
 }
+
+/// Loads and attaches every program of the shipped object on this kernel
+/// and prints the matrix; lsm/fentry are optional here (see
+/// `agentmon_tests::matrix::expectation`), everything else is required.
+#[test]
+fn verifier_matrix() {
+    require_root!();
+    agentmon_tests::matrix::check(false);
+}

@@ -4,6 +4,7 @@ mod build;
 mod setup;
 mod test;
 mod util;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -18,7 +19,8 @@ struct Cli {
 enum Cmd {
     /// Install what the build and the tests need (idempotent).
     Setup {
-        /// Also install what the VM tier needs (qemu, busybox, cpio).
+        /// Also install what the VM tier needs (qemu, cpio, xz, the musl
+        /// target for the guest's /init).
         #[arg(long)]
         vm: bool,
     },
@@ -39,6 +41,8 @@ enum Cmd {
     },
     /// Run every test tier: lint, unit, host integration (root), VM.
     Test(test::TestArgs),
+    /// Run the VM tier: the `vm` tests on Debian kernels under QEMU.
+    VmTest(vm::VmArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -64,5 +68,6 @@ fn main() -> anyhow::Result<()> {
             util::sh(&mut cmd)
         }
         Cmd::Test(args) => test::run(args),
+        Cmd::VmTest(args) => vm::run(args),
     }
 }

@@ -32,7 +32,32 @@ pub fn run(needs: Needs) -> anyhow::Result<()> {
     rust_src()?;
     bpf_linker()?;
     apt(&debian_packages(&needs))?;
+    if needs.vm {
+        rust_target(VM_INIT_TARGET)?;
+    }
     Ok(())
+}
+
+/// Target of the VM guest's static /init (xtask/vm-init).
+const VM_INIT_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// A rustup target for the toolchain that builds the host crates.
+fn rust_target(target: &str) -> anyhow::Result<()> {
+    let installed = output(
+        Command::new("rustup")
+            .current_dir(crate::util::root())
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .args(["target", "list", "--installed"]),
+    )?;
+    if installed.lines().any(|l| l.trim() == target) {
+        say("rust target", &format!("present ({target})"));
+        return Ok(());
+    }
+    say("rust target", &format!("installing {target}"));
+    sh(Command::new("rustup")
+        .current_dir(crate::util::root())
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .args(["target", "add", target]))
 }
 
 fn say(step: &str, what: &str) {

@@ -20,6 +20,7 @@ pub enum Tier {
     Lint,
     Unit,
     Host,
+    Vm,
 }
 
 #[derive(Args)]
@@ -34,11 +35,13 @@ pub struct TestArgs {
 
 pub fn run(args: TestArgs) -> anyhow::Result<()> {
     let tiers = if args.tiers.is_empty() {
-        vec![Tier::Lint, Tier::Unit, Tier::Host]
+        vec![Tier::Lint, Tier::Unit, Tier::Host, Tier::Vm]
     } else {
         args.tiers
     };
-    setup::run(setup::Needs { vm: false })?;
+    setup::run(setup::Needs {
+        vm: tiers.contains(&Tier::Vm),
+    })?;
     let mut times: Vec<(Tier, Duration, Result<(), String>)> = Vec::new();
     let bin = build::all(true)?;
     for tier in tiers {
@@ -47,6 +50,7 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
             Tier::Lint => lint(),
             Tier::Unit => unit(&args.filter),
             Tier::Host => host(&bin, &args.filter),
+            Tier::Vm => vm(&bin, &args.filter),
         };
         let d = step.done();
         times.push((tier, d, r.map_err(|e| format!("{e:#}"))));
@@ -131,4 +135,23 @@ fn host(bin: &std::path::Path, filter: &[String]) -> anyhow::Result<()> {
         ])
         .args(filter);
     sh(&mut c)
+}
+
+fn vm(bin: &std::path::Path, filter: &[String]) -> anyhow::Result<()> {
+    if !is_root() {
+        eprintln!(
+            "skip: vm tier needs root (apt-get download, and the guest tests load eBPF programs); \
+             rerun as root"
+        );
+        return Ok(());
+    }
+    crate::vm::run_built(
+        bin,
+        &crate::vm::VmArgs {
+            kernel: "all".into(),
+            timeout: 900,
+            inject: None,
+            filter: filter.to_vec(),
+        },
+    )
 }

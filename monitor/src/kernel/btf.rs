@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use btf_rs::{Btf, Type};
-use monitor_common::KernelOffsets;
+use monitor_common::{InodeOffsets, KernelOffsets};
 
 /// Where the running kernel publishes its BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -126,6 +126,20 @@ impl KernelBtf {
             mm_env_start: self.member_offset("mm_struct", "env_start")?,
             mm_env_end: self.member_offset("mm_struct", "env_end")?,
             valid: 1,
+        })
+    }
+}
+
+impl KernelBtf {
+    /// The offsets of the inode-deny LSM program (`lsm_file_open_inode`).
+    pub fn inode_offsets(&self) -> Result<InodeOffsets, BtfError> {
+        Ok(InodeOffsets {
+            file_f_inode: self.member_offset("file", "f_inode")?,
+            inode_i_ino: self.member_offset("inode", "i_ino")?,
+            inode_i_sb: self.member_offset("inode", "i_sb")?,
+            sb_s_dev: self.member_offset("super_block", "s_dev")?,
+            valid: 1,
+            _pad: 0,
         })
     }
 }

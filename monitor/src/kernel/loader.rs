@@ -1,7 +1,7 @@
 //! Loading the embedded eBPF object with this kernel's offsets.
 
 use aya::{programs::TracePoint, Ebpf, EbpfLoader};
-use monitor_common::{scope, KernelOffsets};
+use monitor_common::{scope, InodeOffsets, KernelOffsets};
 
 use super::{btf::KernelBtf, tracefs};
 
@@ -55,6 +55,8 @@ impl Default for LoadOptions {
 pub struct KernelLayout {
     pub offsets: KernelOffsets,
     pub exec_filename_loc: u32,
+    /// Offsets of the inode-deny LSM program (see [`super::lsm`]).
+    pub inode: InodeOffsets,
 }
 
 impl KernelLayout {
@@ -63,6 +65,7 @@ impl KernelLayout {
         Ok(Self {
             offsets: btf.kernel_offsets()?,
             exec_filename_loc: tracefs::field_offset("sched", "sched_process_exec", "filename")?,
+            inode: btf.inode_offsets()?,
         })
     }
 }
@@ -77,6 +80,7 @@ pub fn load(layout: &KernelLayout, opts: &LoadOptions) -> Result<Ebpf, LoadError
         .override_global("TP_EXEC_FILENAME_LOC", &layout.exec_filename_loc, true)
         .override_global("SCOPE_MODE", &opts.scope_mode, true)
         .override_global("SESSION_LEVEL", &opts.session_level, true)
+        .override_global("INODE_OFFSETS", &layout.inode, true)
         .load(EBPF_OBJECT)?;
     Ok(ebpf)
 }

@@ -1,0 +1,334 @@
+//! The verifier matrix: every program of the shipped eBPF object is loaded
+//! and attached on the running kernel, and the outcome is reported per
+//! program.
+//!
+//! Programs are enumerated from the object, so a new program cannot be
+//! missed: one that is absent from [`PROGRAMS`] fails the matrix. Programs
+//! a kernel may legitimately refuse are declared optional, with the reason,
+//! in [`expectation`]; everything else is required.
+
+use std::{fmt::Write as _, fs::File, path::PathBuf};
+
+use aya::{
+    programs::{CgroupAttachMode, Program},
+    Btf, Ebpf,
+};
+use monitor::kernel::loader::{self, KernelLayout, LoadOptions};
+
+/// How a program is attached; the program's type comes from the object.
+#[derive(Clone, Copy, Debug)]
+pub enum Attach {
+    /// Classic tracepoint `category/name`.
+    Tracepoint(&'static str, &'static str),
+    /// BTF-enabled raw tracepoint.
+    BtfTracepoint(&'static str),
+    /// BPF LSM hook.
+    Lsm(&'static str),
+    /// fentry on a kernel function.
+    FEntry(&'static str),
+    /// cgroup sock_addr program, attached to a throwaway cgroup.
+    CgroupSockAddr,
+}
+
+impl Attach {
+    fn kind(&self) -> &'static str {
+        match self {
+            Attach::Tracepoint(..) => "tracepoint",
+            Attach::BtfTracepoint(_) => "tp_btf",
+            Attach::Lsm(_) => "lsm",
+            Attach::FEntry(_) => "fentry",
+            Attach::CgroupSockAddr => "cgroup_sock_addr",
+        }
+    }
+    fn target(&self) -> String {
+        match self {
+            Attach::Tracepoint(c, n) => format!("{c}/{n}"),
+            Attach::BtfTracepoint(t) | Attach::Lsm(t) | Attach::FEntry(t) => t.to_string(),
+            Attach::CgroupSockAddr => "throwaway cgroup".into(),
+        }
+    }
+}
+
+/// Every program in the object, by name. Add new programs here: the matrix
+/// fails on any program of the object this table does not name.
+pub const PROGRAMS: &[(&str, Attach)] = &[
+    (
+        "sched_process_exec",
+        Attach::Tracepoint("sched", "sched_process_exec"),
+    ),
+    ("probe_tp_btf", Attach::BtfTracepoint("sched_process_fork")),
+    ("probe_connect4", Attach::CgroupSockAddr),
+    ("probe_lsm", Attach::Lsm("file_open")),
+    ("probe_fentry", Attach::FEntry("do_unlinkat")),
+    (
+        monitor::kernel::lsm::PROGRAM,
+        Attach::Lsm(monitor::kernel::lsm::HOOK),
+    ),
+];
+
+/// Whether a program must work on this kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expect {
+    Required,
+    Optional(&'static str),
+}
+
+/// Reason given on the host for trampoline-based programs.
+pub const HOST_TRAMPOLINE_REASON: &str = "host kernels may refuse BPF trampolines (lsm, fentry); \
+     this project's 6.18 sandbox host answers EPERM at BPF_PROG_LOAD. The VM tier requires them";
+
+/// The expectation for a program of `kind` here. In the VM tier (Debian
+/// kernels with BPF LSM) every program is required; on a host, lsm and
+/// fentry programs are optional.
+pub fn expectation(kind: &str, in_vm: bool) -> Expect {
+    match kind {
+        "lsm" | "fentry" if !in_vm => Expect::Optional(HOST_TRAMPOLINE_REASON),
+        _ => Expect::Required,
+    }
+}
+
+/// Outcome of one program.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Attached,
+    /// Loaded (verified) but attaching failed.
+    LoadedOnly(String),
+    /// The kernel refused to load it.
+    Refused(String),
+    /// The harness could not even try (table, type mismatch).
+    NotTried(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub program: String,
+    pub kind: String,
+    pub target: String,
+    pub expect: Expect,
+    pub outcome: Outcome,
+}
+
+impl Row {
+    pub fn ok(&self) -> bool {
+        self.outcome == Outcome::Attached || matches!(self.expect, Expect::Optional(_))
+    }
+}
+
+pub struct Matrix {
+    pub kernel: String,
+    pub rows: Vec<Row>,
+}
+
+impl Matrix {
+    pub fn render(&self) -> String {
+        let mut s = format!("verifier matrix on Linux {}:\n", self.kernel);
+        let _ = writeln!(
+            s,
+            "  {:<22} {:<17} {:<26} {:<9} result",
+            "program", "type", "target", "required"
+        );
+        for r in &self.rows {
+            let (result, why) = match &r.outcome {
+                Outcome::Attached => ("attached", String::new()),
+                Outcome::LoadedOnly(e) => ("loaded, attach refused", e.clone()),
+                Outcome::Refused(e) => ("refused", e.clone()),
+                Outcome::NotTried(e) => ("not tried", e.clone()),
+            };
+            let req = match &r.expect {
+                Expect::Required => "yes",
+                Expect::Optional(_) => "optional",
+            };
+            let _ = writeln!(
+                s,
+                "  {:<22} {:<17} {:<26} {:<9} {result}{}",
+                r.program,
+                r.kind,
+                r.target,
+                req,
+                if why.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {why}")
+                }
+            );
+            if let (Expect::Optional(reason), false) = (&r.expect, r.outcome == Outcome::Attached) {
+                let _ = writeln!(s, "  {:<22} optional because: {reason}", "");
+            }
+        }
+        s
+    }
+
+    /// Required programs that did not attach.
+    pub fn failures(&self) -> Vec<&Row> {
+        self.rows.iter().filter(|r| !r.ok()).collect()
+    }
+}
+
+/// Error text with the kernel's errno and the first verifier log lines.
+fn reason(e: &dyn std::error::Error) -> String {
+    let full = monitor::doctor::error_chain(e);
+    let lines: Vec<&str> = full
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mut s = lines
+        .iter()
+        .take(4)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" | ");
+    if lines.len() > 4 {
+        // The verifier's last lines say why it gave up.
+        let _ = write!(
+            s,
+            " | … | {}",
+            lines[lines.len().saturating_sub(2)..].join(" | ")
+        );
+    }
+    s
+}
+
+/// A cgroup removed on drop (for cgroup programs).
+struct TempCgroup(PathBuf);
+
+impl Drop for TempCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Loads and attaches every program of the shipped object on this kernel.
+pub fn run(in_vm: bool) -> Matrix {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let layout = KernelLayout::probe().expect("resolving the kernel layout (BTF, tracefs)");
+    let mut ebpf: Ebpf =
+        loader::load(&layout, &LoadOptions::default()).expect("loading the eBPF object");
+    let btf = Btf::from_sys_fs().ok();
+    let cgroup2 = monitor::cgroup::cgroup2_mount().ok();
+    let names: Vec<String> = ebpf.programs_mut().map(|(n, _)| n.to_string()).collect();
+    let mut cgroups = Vec::new();
+    let mut rows = Vec::new();
+    for name in names {
+        let Some((_, attach)) = PROGRAMS.iter().find(|(n, _)| *n == name) else {
+            rows.push(Row {
+                program: name.clone(),
+                kind: "?".into(),
+                target: "?".into(),
+                expect: Expect::Required,
+                outcome: Outcome::NotTried(
+                    "missing from tests/src/matrix.rs PROGRAMS: add its attach target".into(),
+                ),
+            });
+            continue;
+        };
+        let prog = ebpf.program_mut(&name).expect("listed by programs_mut");
+        let outcome = load_attach(prog, attach, btf.as_ref(), cgroup2.as_ref(), &mut cgroups);
+        rows.push(Row {
+            program: name,
+            kind: attach.kind().into(),
+            target: attach.target(),
+            expect: expectation(attach.kind(), in_vm),
+            outcome,
+        });
+    }
+    // Detach everything before the throwaway cgroups go.
+    drop(ebpf);
+    drop(cgroups);
+    rows.sort_by(|a, b| a.program.cmp(&b.program));
+    Matrix { kernel, rows }
+}
+
+fn load_attach(
+    prog: &mut Program,
+    attach: &Attach,
+    btf: Option<&Btf>,
+    cgroup2: Option<&PathBuf>,
+    cgroups: &mut Vec<TempCgroup>,
+) -> Outcome {
+    let need_btf = || btf.ok_or_else(|| Outcome::NotTried("no kernel BTF".into()));
+    macro_rules! step {
+        ($load:expr, $attach:expr) => {{
+            if let Err(e) = $load {
+                return Outcome::Refused(reason(&e));
+            }
+            match $attach {
+                Ok(_) => Outcome::Attached,
+                Err(e) => Outcome::LoadedOnly(reason(&e)),
+            }
+        }};
+    }
+    match (attach, prog) {
+        (Attach::Tracepoint(c, n), Program::TracePoint(p)) => step!(p.load(), p.attach(c, n)),
+        (Attach::BtfTracepoint(t), Program::BtfTracePoint(p)) => {
+            let btf = match need_btf() {
+                Ok(b) => b,
+                Err(o) => return o,
+            };
+            step!(p.load(t, btf), p.attach())
+        }
+        (Attach::Lsm(h), Program::Lsm(p)) => {
+            let btf = match need_btf() {
+                Ok(b) => b,
+                Err(o) => return o,
+            };
+            step!(p.load(h, btf), p.attach())
+        }
+        (Attach::FEntry(f), Program::FEntry(p)) => {
+            let btf = match need_btf() {
+                Ok(b) => b,
+                Err(o) => return o,
+            };
+            step!(p.load(f, btf), p.attach())
+        }
+        (Attach::CgroupSockAddr, Program::CgroupSockAddr(p)) => {
+            let Some(root) = cgroup2 else {
+                return Outcome::NotTried("no cgroup2 mount to attach to".into());
+            };
+            let dir = root.join(format!(
+                "agentmon-matrix-{}-{}",
+                std::process::id(),
+                cgroups.len()
+            ));
+            if let Err(e) = std::fs::create_dir_all(&dir) {
+                return Outcome::NotTried(format!("mkdir {}: {e}", dir.display()));
+            }
+            cgroups.push(TempCgroup(dir.clone()));
+            let f = match File::open(&dir) {
+                Ok(f) => f,
+                Err(e) => return Outcome::NotTried(format!("open {}: {e}", dir.display())),
+            };
+            step!(p.load(), p.attach(&f, CgroupAttachMode::Single))
+        }
+        (a, p) => Outcome::NotTried(format!(
+            "the table says {} but the object has {:?}",
+            a.kind(),
+            p.prog_type()
+        )),
+    }
+}
+
+/// Runs the matrix, prints it (straight to stderr, so it is in the test
+/// log even when the harness captures output) and fails on any required
+/// program that did not attach.
+pub fn check(in_vm: bool) {
+    use std::io::Write;
+    let m = run(in_vm);
+    let text = m.render();
+    let _ = std::io::stderr().write_all(text.as_bytes());
+    let failures = m.failures();
+    assert!(
+        failures.is_empty(),
+        "required programs failed on Linux {}: {}",
+        m.kernel,
+        failures
+            .iter()
+            .map(|r| format!("{} ({:?})", r.program, r.outcome))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    assert!(!m.rows.is_empty(), "the object has no programs");
+}
