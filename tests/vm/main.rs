@@ -57,8 +57,9 @@ impl Drop for CgroupDir {
 }
 
 /// Runs `cat path`, inside `cgroup` when given (the child moves itself
-/// there before exec, so the exec and every open happen inside).
-fn cat(path: &Path, cgroup: Option<&Path>) -> Output {
+/// there before exec, so the exec and every open happen inside). An exec
+/// failure is an `Err`.
+fn cat(path: &Path, cgroup: Option<&Path>) -> std::io::Result<Output> {
     let mut cmd = Command::new("cat");
     cmd.arg(path);
     if let Some(cg) = cgroup {
@@ -81,16 +82,25 @@ fn cat(path: &Path, cgroup: Option<&Path>) -> Output {
             });
         }
     }
-    cmd.output().expect("running cat")
+    cmd.output()
 }
 
-fn show(o: &Output) -> String {
-    format!(
-        "{} stdout={:?} stderr={:?}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+fn show(o: &std::io::Result<Output>) -> String {
+    match o {
+        Ok(o) => format!(
+            "{} stdout={:?} stderr={:?}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => format!("cat did not start: {e}"),
+    }
+}
+
+/// Whether `cat` ran and printed exactly `want`.
+fn printed(o: &std::io::Result<Output>, want: &[u8]) -> bool {
+    o.as_ref()
+        .is_ok_and(|o| o.status.success() && o.stdout == want)
 }
 
 /// `lsm_file_open_inode` denies opens of a registered inode to the tasks
@@ -148,36 +158,40 @@ fn lsm_file_open_inode_denies_registered_inode_in_session() {
 
     let outside = cat(&secret, None);
     assert!(
-        outside.status.success() && outside.stdout == b"secret\n",
+        printed(&outside, b"secret\n"),
         "outside the session the file must open: {}",
         show(&outside)
     );
     let other = cat(&public, Some(&session.0));
     assert!(
-        other.status.success() && other.stdout == b"public\n",
+        printed(&other, b"public\n"),
         "inside the session an undenied file must open (and cat must exec): {}",
         show(&other)
     );
     for (what, cg) in [("session", &session.0), ("child cgroup", &child.0)] {
         let denied = cat(&secret, Some(cg));
+        let shown = show(&denied);
+        let denied = denied.unwrap_or_else(|e| panic!("inside the {what}: cat must start: {e}"));
         let stderr = String::from_utf8_lossy(&denied.stderr);
         assert!(
             !denied.status.success() && denied.stdout.is_empty(),
-            "inside the {what} the denied file must not open: {}",
-            show(&denied)
+            "inside the {what} the denied file must not open: {shown}"
         );
         // EACCES, as documented in monitor-ebpf/src/lsm_inode.rs.
         let eacces = std::io::Error::from_raw_os_error(libc::EACCES).to_string();
         let eacces = eacces.split(" (os error").next().unwrap();
         assert!(
             stderr.contains(eacces),
-            "inside the {what}: expected {eacces:?} (EACCES), got {}",
-            show(&denied)
+            "inside the {what}: expected {eacces:?} (EACCES), got {shown}"
         );
     }
     drop(ebpf);
     // Detached: the session may open it again.
     let after = cat(&secret, Some(&session.0));
-    assert!(after.status.success(), "after detaching: {}", show(&after));
+    assert!(
+        printed(&after, b"secret\n"),
+        "after detaching: {}",
+        show(&after)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

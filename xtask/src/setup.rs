@@ -134,6 +134,23 @@ fn bpf_linker() -> anyhow::Result<()> {
     let prefix = cargo_home().join(format!("agentmon-llvm-{major}"));
     let marker = prefix.join("built-against");
     let want = format!("bpf-linker {BPF_LINKER_VERSION} llvm {}", llvm_so.display());
+    std::fs::create_dir_all(prefix.join("lib"))?;
+    // Two names: `libLLVM.so` for the build, and the soname
+    // (`libLLVM.so.22.1-rust-…`) that the installed binary asks the dynamic
+    // loader for through its RUNPATH. Without the second one bpf-linker
+    // cannot start outside rustc, and setup rebuilt it on every run.
+    for name in [
+        std::ffi::OsStr::new("libLLVM.so"),
+        llvm_so
+            .file_name()
+            .context("libLLVM path has no file name")?,
+    ] {
+        let link = prefix.join("lib").join(name);
+        if std::fs::read_link(&link).ok().as_deref() != Some(llvm_so.as_path()) {
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(&llvm_so, &link)?;
+        }
+    }
     let have_bin = Command::new("bpf-linker")
         .arg("--version")
         .output()
@@ -155,10 +172,6 @@ fn bpf_linker() -> anyhow::Result<()> {
         "bpf-linker",
         &format!("building {BPF_LINKER_VERSION} against nightly's LLVM {major} (about a minute)"),
     );
-    std::fs::create_dir_all(prefix.join("lib"))?;
-    let link = prefix.join("lib/libLLVM.so");
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(&llvm_so, &link)?;
     sh(Command::new("cargo")
         .args([
             "install",

@@ -127,59 +127,38 @@ pub fn boot(b: &Boot, accel: Accel) -> anyhow::Result<Outcome> {
         .with_context(|| format!("creating {}", b.console_log.display()))?;
 
     let start = Instant::now();
-    let mut init_started = false;
-    let mut verdict: Option<Result<(), String>> = None;
-    let mut verdict_at = None;
-    let mut trouble: Vec<String> = Vec::new();
-    let mut tail: Vec<String> = Vec::new();
+    let mut scan = Console::default();
     let stop = |child: &mut Child| {
         let _ = child.kill();
         let _ = child.wait();
     };
     loop {
-        let deadline = match verdict_at {
+        let deadline = match scan.verdict_at {
             Some(t) => t + POWEROFF_DEADLINE,
-            None if accel == Accel::Kvm && !init_started => start + KVM_BOOT_DEADLINE,
+            None if accel == Accel::Kvm && !scan.init_started => start + KVM_BOOT_DEADLINE,
             None => start + b.timeout,
         };
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(line) => {
-                let line = line.trim_end_matches(['\r', '\n']).to_string();
+                let line = line.trim_end_matches(['\r', '\n']);
                 eprintln!("[{}] {line}", b.name);
                 let _ = writeln!(log, "{line}");
-                if accel == Accel::Kvm && !init_started && line.contains("KVM internal error") {
+                scan.feed(line);
+                if accel == Accel::Kvm && !scan.init_started && line.contains("KVM internal error")
+                {
                     stop(&mut child);
-                    return Ok(Outcome::KvmUnusable(line));
-                }
-                if line.contains(INIT_STARTED) {
-                    init_started = true;
-                }
-                if verdict.is_none() {
-                    if line.starts_with(VERDICT_OK) {
-                        verdict = Some(Ok(()));
-                        verdict_at = Some(Instant::now());
-                    } else if line.starts_with(VERDICT_FAIL) {
-                        verdict = Some(Err(line.clone()));
-                        verdict_at = Some(Instant::now());
-                    }
-                }
-                if KERNEL_TROUBLE.iter().any(|p| line.contains(p)) {
-                    trouble.push(line.clone());
-                }
-                tail.push(line);
-                if tail.len() > 30 {
-                    tail.remove(0);
+                    return Ok(Outcome::KvmUnusable(line.to_string()));
                 }
             }
             Err(RecvTimeoutError::Timeout) => {
                 stop(&mut child);
-                if accel == Accel::Kvm && !init_started {
+                if accel == Accel::Kvm && !scan.init_started {
                     return Ok(Outcome::KvmUnusable(format!(
                         "no /init within {KVM_BOOT_DEADLINE:?}"
                     )));
                 }
-                if verdict_at.is_some() {
+                if scan.verdict_at.is_some() {
                     return Ok(Outcome::Failure(format!(
                         "the guest printed its verdict but did not power off within {POWEROFF_DEADLINE:?}"
                     )));
@@ -188,7 +167,7 @@ pub fn boot(b: &Boot, accel: Accel) -> anyhow::Result<Outcome> {
                     "timed out after {:?} without a verdict (see {}); last lines:\n  {}",
                     b.timeout,
                     b.console_log.display(),
-                    tail.join("\n  ")
+                    scan.tail.join("\n  ")
                 )));
             }
             // Both pipes closed: QEMU is gone.
@@ -196,30 +175,95 @@ pub fn boot(b: &Boot, accel: Accel) -> anyhow::Result<Outcome> {
         }
     }
     let status = child.wait()?;
-    if accel == Accel::Kvm && !init_started {
+    if accel == Accel::Kvm && !scan.init_started {
         return Ok(Outcome::KvmUnusable(format!(
             "qemu exited ({status}) before /init ran"
         )));
     }
     let took = start.elapsed().as_secs_f64();
-    if !trouble.is_empty() {
-        return Ok(Outcome::Failure(format!(
-            "the kernel reported trouble on the console:\n  {}",
-            trouble.join("\n  ")
-        )));
+    let outcome = scan.judge(status.success(), &status.to_string(), took);
+    if matches!(outcome, Outcome::Success) {
+        eprintln!("vm: [{}] guest passed in {took:.1}s", b.name);
     }
-    Ok(match verdict {
-        Some(Ok(())) if status.success() => {
-            eprintln!("vm: [{}] guest passed in {took:.1}s", b.name);
-            Outcome::Success
+    Ok(outcome)
+}
+
+/// What the console showed so far.
+#[derive(Default)]
+struct Console {
+    init_started: bool,
+    /// `Ok` for the success verdict, `Err(line)` for a failure verdict.
+    verdict: Option<Result<(), String>>,
+    verdict_at: Option<Instant>,
+    /// Kernel lines matching [`KERNEL_TROUBLE`].
+    trouble: Vec<String>,
+    /// Test harness lines worth repeating in the failure message.
+    test_failures: Vec<String>,
+    after_panic: bool,
+    tail: Vec<String>,
+}
+
+impl Console {
+    fn feed(&mut self, line: &str) {
+        if line.contains(INIT_STARTED) {
+            self.init_started = true;
         }
-        Some(Ok(())) => Outcome::Failure(format!("the guest passed but qemu exited with {status}")),
-        Some(Err(line)) => Outcome::Failure(format!("guest: {line}")),
-        None => Outcome::Failure(format!(
-            "qemu exited ({status}) after {took:.1}s without a verdict; last lines:\n  {}",
-            tail.join("\n  ")
-        )),
-    })
+        if self.verdict.is_none() {
+            if line.starts_with(VERDICT_OK) {
+                self.verdict = Some(Ok(()));
+                self.verdict_at = Some(Instant::now());
+            } else if line.starts_with(VERDICT_FAIL) {
+                self.verdict = Some(Err(line.to_string()));
+                self.verdict_at = Some(Instant::now());
+            }
+        }
+        let guest = line.trim_start();
+        if self.after_panic {
+            // The panic message follows the "panicked at" line.
+            self.test_failures.push(format!("    {guest}"));
+            self.after_panic = false;
+        }
+        if guest.starts_with("test ") && guest.ends_with("... FAILED") {
+            self.test_failures.push(guest.to_string());
+        } else if guest.starts_with("thread '") && guest.contains(" panicked at ") {
+            self.test_failures.push(guest.to_string());
+            self.after_panic = true;
+        }
+        if KERNEL_TROUBLE.iter().any(|p| line.contains(p)) {
+            self.trouble.push(line.to_string());
+        }
+        self.tail.push(line.to_string());
+        if self.tail.len() > 30 {
+            self.tail.remove(0);
+        }
+    }
+
+    /// The verdict once QEMU has exited.
+    fn judge(&self, exit_ok: bool, status: &str, took: f64) -> Outcome {
+        if !self.trouble.is_empty() {
+            return Outcome::Failure(format!(
+                "the kernel reported trouble on the console:\n  {}",
+                self.trouble.join("\n  ")
+            ));
+        }
+        match &self.verdict {
+            Some(Ok(())) if exit_ok => Outcome::Success,
+            Some(Ok(())) => {
+                Outcome::Failure(format!("the guest passed but qemu exited with {status}"))
+            }
+            Some(Err(line)) if self.test_failures.is_empty() => {
+                Outcome::Failure(format!("guest: {line}"))
+            }
+            Some(Err(line)) => Outcome::Failure(format!(
+                "guest: {line}\n  {}",
+                self.test_failures.join("\n  ")
+            )),
+            None => Outcome::Failure(format!(
+                "qemu exited ({status}) after {took:.1}s without a verdict; last lines:\n  {}",
+                self.tail.join("\n  ")
+            )),
+        }
+    }
 }
 
 /// Sends each line of `r` (lossily decoded) until EOF.
@@ -271,5 +315,67 @@ fn judge(b: &Boot, o: Outcome) -> anyhow::Result<()> {
         Outcome::Failure(why) | Outcome::KvmUnusable(why) => {
             bail!("kernel {}: {why}", b.name)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(lines: &[&str], exit_ok: bool) -> Outcome {
+        let mut c = Console::default();
+        for l in lines {
+            c.feed(l);
+        }
+        c.judge(exit_ok, "exit status: 0", 1.0)
+    }
+
+    #[test]
+    fn success_needs_the_verdict_and_a_clean_console() {
+        let ok = [
+            "agentmon-vm: init started on Linux 6.1.0",
+            "test x ... ok",
+            VERDICT_OK,
+            "[    9.1] reboot: Power down",
+        ];
+        assert!(matches!(run(&ok, true), Outcome::Success));
+        assert!(matches!(run(&ok, false), Outcome::Failure(_)));
+        assert!(
+            matches!(run(&ok[..2], true), Outcome::Failure(m) if m.contains("without a verdict"))
+        );
+    }
+
+    #[test]
+    fn kernel_trouble_fails_even_after_success() {
+        for bad in [
+            "[   12.5] Kernel panic - not syncing: Attempted to kill init!",
+            "[    3.0] BUG: kernel NULL pointer dereference, address: 0000000000000000",
+            "[    3.0] WARNING: CPU: 1 PID: 77 at kernel/bpf/verifier.c:123 foo+0x1/0x2",
+        ] {
+            let o = run(&[VERDICT_OK, bad], true);
+            assert!(
+                matches!(&o, Outcome::Failure(m) if m.contains(bad)),
+                "{o:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn failed_tests_are_named_in_the_message() {
+        let o = run(
+            &[
+                "test lsm_denies ... FAILED",
+                "thread 'lsm_denies' (139) panicked at tests/vm/main.rs:166:5:",
+                "inside the session an undenied file must open",
+                "agentmon-vm: verdict failure (exit 101)",
+            ],
+            true,
+        );
+        let Outcome::Failure(m) = o else {
+            panic!("{o:?}")
+        };
+        assert!(m.contains("verdict failure (exit 101)"), "{m}");
+        assert!(m.contains("test lsm_denies ... FAILED"), "{m}");
+        assert!(m.contains("undenied file must open"), "{m}");
     }
 }
