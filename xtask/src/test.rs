@@ -140,8 +140,8 @@ fn host(bin: &std::path::Path, filter: &[String]) -> anyhow::Result<()> {
 fn vm(bin: &std::path::Path, filter: &[String]) -> anyhow::Result<()> {
     if !is_root() {
         eprintln!(
-            "skip: vm tier needs root (apt-get download, and the guest tests load eBPF programs); \
-             rerun as root"
+            "skip: the vm tier runs as root only (apt-get update, and QEMU's read-only 9p share \
+             of / must read every file the guest tests need); rerun as root"
         );
         return Ok(());
     }

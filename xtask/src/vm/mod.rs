@@ -87,21 +87,19 @@ pub fn run_built(agentmon: &Path, args: &VmArgs) -> anyhow::Result<()> {
 
     let runs = kernels::vm_dir().join("runs");
     fs::create_dir_all(&runs)?;
-    let mut kvm_ok = None;
+    let mut ctx = RunCtx {
+        init,
+        test_bin,
+        agentmon: agentmon.to_path_buf(),
+        args: args.clone(),
+        runs,
+        kvm_ok: None,
+    };
     let mut results = Vec::new();
     for (name, k) in selected.iter().zip(&cached) {
         let started = Instant::now();
         let step = Step::new(format!("vm: kernel {name} ({} {})", k.package, k.version));
-        let r = run_one(
-            name,
-            k,
-            &init,
-            &test_bin,
-            agentmon,
-            args,
-            &runs,
-            &mut kvm_ok,
-        );
+        let r = ctx.run_one(name, k);
         step.done();
         results.push((name.clone(), started.elapsed(), r));
     }
@@ -123,50 +121,55 @@ pub fn run_built(agentmon: &Path, args: &VmArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_one(
-    name: &str,
-    k: &kernels::CachedKernel,
-    init: &Path,
-    test_bin: &Path,
-    agentmon: &Path,
-    args: &VmArgs,
-    runs: &Path,
-    kvm_ok: &mut Option<bool>,
-) -> anyhow::Result<()> {
-    let dir = runs.join(name);
-    fs::create_dir_all(&dir)?;
-    let initrd = dir.join("initrd.cpio");
-    let run_spec = run_spec(name, test_bin, agentmon, &args.filter)?;
-    let image = initramfs(k, init, &run_spec)?;
-    fs::write(&initrd, &image).with_context(|| format!("writing {}", initrd.display()))?;
-    let mut cmdline = vec![
-        "console=ttyS0".to_string(),
-        // Reboot at once on panic; with -no-reboot QEMU then exits.
-        "panic=-1".into(),
-        // Levels 0-4 reach the console: errors, BUG and WARNING splats.
-        "loglevel=5".into(),
-        "rdinit=/init".into(),
-    ];
-    if let Some(lsm) = k.lsm_arg() {
-        eprintln!("vm: CONFIG_LSM={} lacks bpf; adding {lsm}", k.config_lsm);
-        cmdline.push(lsm);
+/// What every guest run shares.
+struct RunCtx {
+    init: PathBuf,
+    test_bin: PathBuf,
+    agentmon: PathBuf,
+    args: VmArgs,
+    runs: PathBuf,
+    /// Whether KVM worked (None: not tried yet).
+    kvm_ok: Option<bool>,
+}
+
+impl RunCtx {
+    /// Builds the initramfs for kernel `k` and boots it once.
+    fn run_one(&mut self, name: &str, k: &kernels::CachedKernel) -> anyhow::Result<()> {
+        let args = &self.args;
+        let dir = self.runs.join(name);
+        fs::create_dir_all(&dir)?;
+        let initrd = dir.join("initrd.cpio");
+        let run_spec = run_spec(name, &self.test_bin, &self.agentmon, &args.filter)?;
+        let image = initramfs(k, &self.init, &run_spec)?;
+        fs::write(&initrd, &image).with_context(|| format!("writing {}", initrd.display()))?;
+        let mut cmdline = vec![
+            "console=ttyS0".to_string(),
+            // Reboot at once on panic; with -no-reboot QEMU then exits.
+            "panic=-1".into(),
+            // Levels 0-4 reach the console: errors, BUG and WARNING splats.
+            "loglevel=5".into(),
+            "rdinit=/init".into(),
+        ];
+        if let Some(lsm) = k.lsm_arg() {
+            eprintln!("vm: CONFIG_LSM={} lacks bpf; adding {lsm}", k.config_lsm);
+            cmdline.push(lsm);
+        }
+        if let Some(i) = args.inject {
+            cmdline.push(format!(
+                "agentmon.inject={}",
+                format!("{i:?}").to_lowercase()
+            ));
+        }
+        let boot = qemu::Boot {
+            name,
+            vmlinuz: &k.vmlinuz(),
+            initrd: &initrd,
+            cmdline: cmdline.join(" "),
+            timeout: Duration::from_secs(args.timeout),
+            console_log: dir.join("console.log"),
+        };
+        qemu::boot_any(&boot, &mut self.kvm_ok)
     }
-    if let Some(i) = args.inject {
-        cmdline.push(format!(
-            "agentmon.inject={}",
-            format!("{i:?}").to_lowercase()
-        ));
-    }
-    let boot = qemu::Boot {
-        name,
-        vmlinuz: &k.vmlinuz(),
-        initrd: &initrd,
-        cmdline: cmdline.join(" "),
-        timeout: Duration::from_secs(args.timeout),
-        console_log: dir.join("console.log"),
-    };
-    qemu::boot_any(&boot, kvm_ok)
 }
 
 /// What /init runs: the vm test binary, chrooted into the host's root.

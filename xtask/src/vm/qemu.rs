@@ -141,7 +141,8 @@ pub fn boot(b: &Boot, accel: Accel) -> anyhow::Result<Outcome> {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(line) => {
-                let line = line.trim_end_matches(['\r', '\n']);
+                let line = strip_escapes(line.trim_end_matches(['\r', '\n']));
+                let line = line.as_str();
                 eprintln!("[{}] {line}", b.name);
                 let _ = writeln!(log, "{line}");
                 scan.feed(line);
@@ -266,6 +267,30 @@ impl Console {
     }
 }
 
+/// Removes terminal escape sequences (SeaBIOS clears the screen) so logs
+/// stay readable.
+fn strip_escapes(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\x1b' {
+            out.push(c);
+            continue;
+        }
+        if chars.next_if_eq(&'[').is_some() {
+            // CSI: parameters up to a final byte in @..~.
+            for p in chars.by_ref() {
+                if ('@'..='~').contains(&p) {
+                    break;
+                }
+            }
+        } else {
+            chars.next();
+        }
+    }
+    out
+}
+
 /// Sends each line of `r` (lossily decoded) until EOF.
 fn forward_lines(r: impl Read, tx: &mpsc::Sender<String>) {
     let mut r = BufReader::new(r);
@@ -328,6 +353,15 @@ mod tests {
             c.feed(l);
         }
         c.judge(exit_ok, "exit status: 0", 1.0)
+    }
+
+    #[test]
+    fn escapes_are_removed() {
+        assert_eq!(
+            strip_escapes("\x1bc\x1b[?7l\x1b[2J\x1b[0mSeaBIOS (version 1.16)"),
+            "SeaBIOS (version 1.16)"
+        );
+        assert_eq!(strip_escapes("plain [ 1.0] text"), "plain [ 1.0] text");
     }
 
     #[test]
