@@ -167,6 +167,13 @@ impl Matrix {
 /// Error text with the kernel's errno and the first verifier log lines.
 fn reason(e: &dyn std::error::Error) -> String {
     let full = monitor::doctor::error_chain(e);
+    // An empty verifier log (EPERM before verification) leaves a dangling
+    // label, sometimes followed by NUL bytes.
+    let blank = |c: char| c.is_whitespace() || c == '\0';
+    let full = full
+        .trim_end_matches(blank)
+        .trim_end_matches("Verifier output:")
+        .trim_end_matches(blank);
     let lines: Vec<&str> = full
         .lines()
         .map(str::trim)
