@@ -6,28 +6,51 @@
 //! (`/sys/kernel/btf/vmlinux`); nothing is baked for one kernel.
 
 /// Byte offsets of kernel struct members, resolved from BTF at load time.
+/// Field names are `<struct>_<member>`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelOffsets {
-    /// `task_struct.real_parent`
     pub task_real_parent: u32,
-    /// `task_struct.tgid`
     pub task_tgid: u32,
-    /// `task_struct.mm`
+    pub task_pid: u32,
     pub task_mm: u32,
-    /// `mm_struct.arg_start`
+    pub task_files: u32,
+    pub task_fs: u32,
+    pub task_exit_code: u32,
+    pub task_group_leader: u32,
+    pub task_thread_pid: u32,
     pub mm_arg_start: u32,
-    /// `mm_struct.arg_end`
     pub mm_arg_end: u32,
-    /// `mm_struct.env_start`
     pub mm_env_start: u32,
-    /// `mm_struct.env_end`
     pub mm_env_end: u32,
+    pub files_fdt: u32,
+    pub fdtable_fd: u32,
+    pub fdtable_max_fds: u32,
+    pub file_f_path: u32,
+    pub file_f_flags: u32,
+    pub path_mnt: u32,
+    pub path_dentry: u32,
+    pub dentry_d_parent: u32,
+    pub dentry_d_name: u32,
+    pub qstr_len: u32,
+    pub qstr_name: u32,
+    pub vfsmount_mnt_root: u32,
+    pub mount_mnt: u32,
+    pub mount_mnt_parent: u32,
+    pub mount_mnt_mountpoint: u32,
+    pub fs_root: u32,
+    pub fs_pwd: u32,
+    pub pid_level: u32,
+    pub pid_numbers: u32,
+    /// `sizeof(struct upid)`.
+    pub upid_size: u32,
+    pub upid_nr: u32,
     /// Non-zero once user space has filled the struct in; programs refuse to
     /// read kernel memory with an all-zero table.
     pub valid: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 32);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 36 * 4);
 
 /// Scope modes (value of the `SCOPE_MODE` global).
 pub mod scope {
@@ -35,6 +58,46 @@ pub mod scope {
     pub const SESSIONS: u32 = 0;
     /// Every task on the host is observed (debugging, `cargo xtask run`).
     pub const ALL: u32 = 1;
+}
+
+/// Offsets inside classic tracepoint records, read from tracefs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TracepointOffsets {
+    /// `sched_process_exec`: `__data_loc char[] filename`.
+    pub exec_filename: u32,
+    /// `sys_exit_*`: `long ret`.
+    pub sys_exit_ret: u32,
+}
+const _: () = assert!(core::mem::size_of::<TracepointOffsets>() == 8);
+
+/// Per-process state kept in the kernel (`PROCS`, keyed by host tgid): the
+/// current image's exec id and the agent tags, inherited at fork and
+/// replaced at exec.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcState {
+    pub exec_id: u64,
+    pub parent_exec_id: u64,
+    /// NUL-padded `CODEX_THREAD_ID` (Codex `conversation.id`).
+    pub conversation_id: [u8; TAG_BYTES],
+    /// NUL-padded `CODEX_TOOL_CALL_ID`.
+    pub call_id: [u8; TAG_BYTES],
+}
+const _: () = assert!(core::mem::size_of::<ProcState>() == 16 + 2 * TAG_BYTES);
+
+/// Bytes kept per agent tag (longer values are cut and flagged).
+pub const TAG_BYTES: usize = 64;
+
+impl Default for ProcState {
+    fn default() -> Self {
+        Self {
+            exec_id: 0,
+            parent_exec_id: 0,
+            conversation_id: [0; TAG_BYTES],
+            call_id: [0; TAG_BYTES],
+        }
+    }
 }
 
 /// Offsets used by the inode-deny LSM program (`lsm_file_open_inode`, the
@@ -73,8 +136,11 @@ const _: () = assert!(core::mem::size_of::<InodeKey>() == 16);
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: repr(C) struct of u32 fields, no padding.
+    // SAFETY: repr(C) structs of integers and byte arrays, no implicit padding.
     unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::TracepointOffsets {}
+    unsafe impl aya::Pod for super::ProcState {}
+
     // SAFETY: repr(C) structs of u32/u64 fields, explicit padding.
     unsafe impl aya::Pod for super::InodeOffsets {}
     unsafe impl aya::Pod for super::InodeKey {}

@@ -8,9 +8,17 @@
 #![no_main]
 
 mod exec;
+mod file;
+mod fileops;
+mod header;
+mod kread;
+mod lsm;
 mod lsm_inode;
 mod maps;
+mod net;
+mod path;
 mod probe;
+mod process;
 mod scope;
 
 #[cfg(not(test))]

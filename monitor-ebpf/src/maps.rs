@@ -2,9 +2,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use monitor_common::{counter, KernelOffsets, SCRATCH_BYTES};
+use monitor_common::{
+    counter, KernelOffsets, ProcState, TracepointOffsets, MAX_PATH_BYTES, SCRATCH_BYTES,
+};
 
 /// Variable-length event records for user space. 16 MiB.
 #[map]
@@ -13,6 +15,12 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 /// Session table: cgroup id of a session's root cgroup -> session flags.
 #[map]
 pub static SESSIONS: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
+
+/// Per-process state (exec ids, agent tags) keyed by host tgid. Inherited
+/// at fork, replaced at exec, removed at exit; a fork overwrites any stale
+/// entry of a reused pid.
+#[map]
+pub static PROCS: LruHashMap<u32, ProcState> = LruHashMap::with_max_entries(65536, 0);
 
 /// Per-CPU counters, indexed by [`monitor_common::counter`].
 #[map]
@@ -28,23 +36,25 @@ pub struct Scratch {
 #[map]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
+/// Per-CPU buffer in which a path is built backwards from its end.
+#[repr(C, align(8))]
+pub struct PathBuf {
+    pub buf: [u8; 2 * MAX_PATH_BYTES],
+}
+
+#[map]
+pub static PATHBUF: PerCpuArray<PathBuf> = PerCpuArray::with_max_entries(1, 0);
+
 /// Kernel struct offsets, filled in from BTF by user space before load.
 #[unsafe(no_mangle)]
-pub static OFFSETS: KernelOffsets = KernelOffsets {
-    task_real_parent: 0,
-    task_tgid: 0,
-    task_mm: 0,
-    mm_arg_start: 0,
-    mm_arg_end: 0,
-    mm_env_start: 0,
-    mm_env_end: 0,
-    valid: 0,
-};
+pub static OFFSETS: KernelOffsets = unsafe { core::mem::zeroed() };
 
-/// Offset of the `__data_loc char[] filename` field in the classic
-/// `sched/sched_process_exec` record, read from tracefs by user space.
+/// Classic tracepoint record offsets, read from tracefs by user space.
 #[unsafe(no_mangle)]
-pub static TP_EXEC_FILENAME_LOC: u32 = 8;
+pub static TP: TracepointOffsets = TracepointOffsets {
+    exec_filename: 8,
+    sys_exit_ret: 16,
+};
 
 /// One of [`monitor_common::scope`].
 #[unsafe(no_mangle)]
@@ -54,11 +64,21 @@ pub static SCOPE_MODE: u32 = 0;
 #[unsafe(no_mangle)]
 pub static SESSION_LEVEL: u32 = 2;
 
+/// Most environment strings scanned per exec for agent tags.
+#[unsafe(no_mangle)]
+pub static ENV_SCAN_MAX: u32 = 4096;
+
 #[inline(always)]
 pub fn offsets() -> KernelOffsets {
     // SAFETY: a read of a frozen .rodata global; volatile so the compiler
     // does not fold the zero initialiser.
     unsafe { core::ptr::read_volatile(&OFFSETS) }
+}
+
+#[inline(always)]
+pub fn tp_offsets() -> TracepointOffsets {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&TP) }
 }
 
 #[inline(always)]

@@ -60,12 +60,20 @@ pub fn run() -> Report {
     let lsm_list = securityfs_file("lsm");
     let lockdown = securityfs_file("lockdown");
 
+    let mut gaps = Vec::new();
     let probes = match KernelLayout::probe()
         .and_then(|l| Ok((l, loader::load(&l, &LoadOptions::default())?)))
     {
         Ok((_layout, mut ebpf)) => {
-            let tp = loader::attach_observers(&mut ebpf).map_err(|e| error_chain(&e));
-            features::probe_all(&mut ebpf, tp, cgroup2.as_deref())
+            let tp = loader::attach_observers(&mut ebpf);
+            if let Ok(src) = &tp {
+                gaps = crate::daemon::coverage_gaps(src);
+            }
+            features::probe_all(
+                &mut ebpf,
+                tp.map(|_| ()).map_err(|e| error_chain(&e)),
+                cgroup2.as_deref(),
+            )
         }
         Err(e) => vec![Probe {
             kind: "object",
@@ -74,7 +82,8 @@ pub fn run() -> Report {
             error: Some(error_chain(&e)),
         }],
     };
-    let advice = advise(&probes, cgroup2.is_some(), btf, lsm_list.as_deref());
+    let mut advice = advise(&probes, cgroup2.is_some(), btf, lsm_list.as_deref());
+    advice.extend(gaps.into_iter().map(|g| format!("coverage gap: {g}")));
     Report {
         kernel,
         cgroup2_mount: cgroup2.map(|p| p.display().to_string()),

@@ -3,7 +3,10 @@
 //! Decoding never panics: a short, oversized or unknown record becomes a
 //! [`DecodeError`] that the pipeline counts and reports.
 
-use monitor_common::{kind, EventHeader, ExecEvent};
+use monitor_common::{
+    file_op, kind, net_op, open_syscall, verdict, EventHeader, ExecEvent, ExitEvent, FileOpEvent,
+    FileOpenEvent, ForkEvent, NetEvent,
+};
 use serde::Serialize;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -16,22 +19,21 @@ pub enum DecodeError {
     },
     #[error("record says it is {declared} bytes but {got} arrived")]
     SizeMismatch { declared: u32, got: usize },
-    #[error("exec record lengths (argv {argv}, filename {filename}) overrun its {size} bytes")]
-    Overrun {
-        argv: u16,
-        filename: u16,
-        size: usize,
-    },
+    #[error("{what} lengths overrun the record's {size} bytes")]
+    Overrun { what: &'static str, size: usize },
     #[error("unknown event kind {0}")]
     UnknownKind(u16),
 }
 
-/// Fields every event carries.
+/// Fields every kernel event carries.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Common {
     pub ts_boot_ns: u64,
     pub cgroup_id: u64,
     pub session_cgroup_id: u64,
+    /// Exec id of the process image (hex in JSON; 0 = unknown).
+    #[serde(serialize_with = "hex_id")]
+    pub exec_id: u64,
     pub pid: u32,
     pub tgid: u32,
     pub ns_tgid: u32,
@@ -40,20 +42,118 @@ pub struct Common {
     pub flags: u16,
 }
 
+pub fn hex_id<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{v:016x}"))
+}
+
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Exec {
     #[serde(flatten)]
     pub common: Common,
+    #[serde(serialize_with = "hex_id")]
+    pub parent_exec_id: u64,
     pub ppid: u32,
     pub filename: String,
     pub argv: Vec<String>,
     pub argv_truncated: bool,
+    pub cwd: String,
+    /// `CODEX_THREAD_ID` captured or inherited in the kernel.
+    pub kernel_conversation_id: Option<String>,
+    /// `CODEX_TOOL_CALL_ID` captured or inherited in the kernel.
+    pub kernel_call_id: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Fork {
+    #[serde(flatten)]
+    pub common: Common,
+    pub child_tgid: u32,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Exit {
+    #[serde(flatten)]
+    pub common: Common,
+    /// `WEXITSTATUS` when the process exited normally.
+    pub exit_status: Option<i32>,
+    /// Terminating signal, when killed.
+    pub signal: Option<i32>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct FileOpen {
+    #[serde(flatten)]
+    pub common: Common,
+    pub path: String,
+    pub path_truncated: bool,
+    pub ret: i64,
+    pub open_flags: u32,
+    /// `read`, `write`, `create`, `truncate`, `append` … from the flags.
+    pub access: Vec<&'static str>,
+    pub syscall: &'static str,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct FileOp {
+    #[serde(flatten)]
+    pub common: Common,
+    /// `unlink`, `rmdir`, `mkdir`, `rename`, `truncate`, `chmod`, `link`, `symlink`.
+    pub op: &'static str,
+    pub path: String,
+    /// Rename/link destination, or a symlink's target text.
+    pub path2: Option<String>,
+    pub path_truncated: bool,
+    pub ret: i64,
+    /// Mode for mkdir/chmod (octal text).
+    pub mode: Option<String>,
+    pub flags: u32,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Net {
+    #[serde(flatten)]
+    pub common: Common,
+    pub op: &'static str,
+    pub address: String,
+    pub port: u16,
+    pub family: &'static str,
+    pub transport: &'static str,
+    pub decision: &'static str,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Event {
     Exec(Exec),
+    Fork(Fork),
+    Exit(Exit),
+    FileOpen(FileOpen),
+    NetConnect(Net),
+    FileOp(FileOp),
+}
+
+impl Event {
+    pub fn common(&self) -> &Common {
+        match self {
+            Event::Exec(e) => &e.common,
+            Event::Fork(e) => &e.common,
+            Event::Exit(e) => &e.common,
+            Event::FileOpen(e) => &e.common,
+            Event::NetConnect(e) => &e.common,
+            Event::FileOp(e) => &e.common,
+        }
+    }
+
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Event::Exec(_) => "exec",
+            Event::Fork(_) => "fork",
+            Event::Exit(_) => "exit",
+            Event::FileOpen(_) => "file_open",
+            Event::NetConnect(_) => "net_connect",
+            Event::FileOp(_) => "file_op",
+        }
+    }
 }
 
 fn read<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
@@ -75,6 +175,52 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// A NUL-padded tag, or None when empty.
+fn tag(b: &[u8]) -> Option<String> {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    (end > 0).then(|| text(&b[..end]))
+}
+
+/// Splits the variable tail of a record into consecutive fields.
+fn fields<'a, const N: usize>(
+    tail: &'a [u8],
+    lens: [usize; N],
+    what: &'static str,
+    size: usize,
+) -> Result<[&'a [u8]; N], DecodeError> {
+    let mut out = [&tail[..0]; N];
+    let mut at = 0;
+    for (i, len) in lens.into_iter().enumerate() {
+        let end = at + len;
+        out[i] = tail
+            .get(at..end)
+            .ok_or(DecodeError::Overrun { what, size })?;
+        at = end;
+    }
+    Ok(out)
+}
+
+fn access(flags: u32) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    match flags as i32 & libc::O_ACCMODE {
+        libc::O_RDONLY => v.push("read"),
+        libc::O_WRONLY => v.push("write"),
+        _ => v.extend(["read", "write"]),
+    }
+    for (bit, name) in [
+        (libc::O_CREAT, "create"),
+        (libc::O_TRUNC, "truncate"),
+        (libc::O_APPEND, "append"),
+        (libc::O_DIRECTORY, "directory"),
+        (libc::O_PATH, "path"),
+    ] {
+        if flags as i32 & bit != 0 {
+            v.push(name);
+        }
+    }
+    v
+}
+
 /// Decodes one ring-buffer record.
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     let h: EventHeader = read(bytes, "event header")?;
@@ -88,6 +234,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         ts_boot_ns: h.ts_boot_ns,
         cgroup_id: h.cgroup_id,
         session_cgroup_id: h.session_cgroup_id,
+        exec_id: h.exec_id,
         pid: h.pid,
         tgid: h.tgid,
         ns_tgid: h.ns_tgid,
@@ -95,66 +242,213 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         gid: h.gid,
         flags: h.flags,
     };
+    let size = bytes.len();
     match h.kind {
         kind::EXEC => {
             let e: ExecEvent = read(bytes, "exec record")?;
-            let body = std::mem::size_of::<ExecEvent>();
-            let argv_end = body + e.argv_len as usize;
-            let fname_end = argv_end + e.filename_len as usize;
-            if fname_end > bytes.len() {
-                return Err(DecodeError::Overrun {
-                    argv: e.argv_len,
-                    filename: e.filename_len,
-                    size: bytes.len(),
-                });
-            }
-            let argv_block = &bytes[body..argv_end];
-            let argv = argv_block
-                .strip_suffix(&[0])
-                .unwrap_or(argv_block)
-                .split(|&c| c == 0)
-                .filter(|_| !argv_block.is_empty())
-                .map(text)
-                .collect();
+            let tail = &bytes[std::mem::size_of::<ExecEvent>()..];
+            let [argv_block, filename, cwd] = fields(
+                tail,
+                [
+                    e.argv_len as usize,
+                    e.filename_len as usize,
+                    e.cwd_len as usize,
+                ],
+                "exec",
+                size,
+            )?;
+            let argv = if argv_block.is_empty() {
+                Vec::new()
+            } else {
+                argv_block
+                    .strip_suffix(&[0])
+                    .unwrap_or(argv_block)
+                    .split(|&c| c == 0)
+                    .map(text)
+                    .collect()
+            };
             Ok(Event::Exec(Exec {
                 common,
+                parent_exec_id: e.parent_exec_id,
                 ppid: e.ppid,
-                filename: text(&bytes[argv_end..fname_end]),
+                filename: text(filename),
                 argv,
                 argv_truncated: h.flags & monitor_common::flags::ARGV_TRUNCATED != 0,
+                cwd: text(cwd),
+                kernel_conversation_id: tag(&e.conversation_id),
+                kernel_call_id: tag(&e.call_id),
+            }))
+        }
+        kind::FORK => {
+            let e: ForkEvent = read(bytes, "fork record")?;
+            Ok(Event::Fork(Fork {
+                common,
+                child_tgid: e.child_tgid,
+            }))
+        }
+        kind::EXIT => {
+            let e: ExitEvent = read(bytes, "exit record")?;
+            let sig = (e.exit_code & 0x7f) as i32;
+            let (exit_status, signal) = if sig == 0 {
+                (Some(((e.exit_code >> 8) & 0xff) as i32), None)
+            } else {
+                (None, Some(sig))
+            };
+            Ok(Event::Exit(Exit {
+                common,
+                exit_status,
+                signal,
+            }))
+        }
+        kind::FILE_OPEN => {
+            let e: FileOpenEvent = read(bytes, "file open record")?;
+            let tail = &bytes[std::mem::size_of::<FileOpenEvent>()..];
+            let [path] = fields(tail, [e.path_len as usize], "file open", size)?;
+            Ok(Event::FileOpen(FileOpen {
+                common,
+                path: text(path),
+                path_truncated: h.flags & monitor_common::flags::PATH_TRUNCATED != 0,
+                ret: e.ret,
+                open_flags: e.open_flags,
+                access: access(e.open_flags),
+                syscall: match e.syscall {
+                    open_syscall::OPENAT => "openat",
+                    open_syscall::OPENAT2 => "openat2",
+                    open_syscall::OPEN => "open",
+                    open_syscall::CREAT => "creat",
+                    open_syscall::OPEN_BY_HANDLE_AT => "open_by_handle_at",
+                    open_syscall::LSM => "lsm_file_open",
+                    _ => "unknown",
+                },
+            }))
+        }
+        kind::NET_CONNECT => {
+            let e: NetEvent = read(bytes, "network record")?;
+            let v6 = std::net::Ipv6Addr::from(e.addr);
+            let (address, family) = match v6.to_ipv4_mapped() {
+                Some(v4) if e.family == libc::AF_INET as u16 => (v4.to_string(), "ipv4"),
+                _ => (v6.to_string(), "ipv6"),
+            };
+            Ok(Event::NetConnect(Net {
+                common,
+                op: if e.op == net_op::SENDMSG {
+                    "sendmsg"
+                } else {
+                    "connect"
+                },
+                address,
+                port: e.port,
+                family,
+                transport: match e.protocol as i32 {
+                    libc::IPPROTO_TCP => "tcp",
+                    libc::IPPROTO_UDP => "udp",
+                    _ => "other",
+                },
+                decision: match e.verdict {
+                    verdict::DENIED => "denied",
+                    verdict::WOULD_DENY => "would_deny",
+                    _ => "allowed",
+                },
+            }))
+        }
+        kind::FILE_OP => {
+            let e: FileOpEvent = read(bytes, "file operation record")?;
+            let tail = &bytes[std::mem::size_of::<FileOpEvent>()..];
+            let [p1, p2] = fields(
+                tail,
+                [e.path1_len as usize, e.path2_len as usize],
+                "file operation",
+                size,
+            )?;
+            let op = match e.op {
+                file_op::UNLINK => "unlink",
+                file_op::RMDIR => "rmdir",
+                file_op::MKDIR => "mkdir",
+                file_op::RENAME => "rename",
+                file_op::TRUNCATE => "truncate",
+                file_op::CHMOD => "chmod",
+                file_op::LINK => "link",
+                file_op::SYMLINK => "symlink",
+                _ => "unknown",
+            };
+            Ok(Event::FileOp(FileOp {
+                common,
+                op,
+                path: text(p1),
+                path2: (!p2.is_empty()).then(|| text(p2)),
+                path_truncated: h.flags & monitor_common::flags::PATH_TRUNCATED != 0,
+                ret: e.ret,
+                mode: matches!(e.op, file_op::MKDIR | file_op::CHMOD)
+                    .then(|| format!("{:o}", e.mode & 0o7777)),
+                flags: e.flags,
             }))
         }
         other => Err(DecodeError::UnknownKind(other)),
     }
 }
 
-/// Encodes an exec record the way the kernel program does; used by tests
-/// and benchmarks to produce records without a kernel.
-pub fn encode_exec(header: EventHeader, ppid: u32, argv: &[&[u8]], filename: &[u8]) -> Vec<u8> {
-    let mut argv_block = Vec::new();
-    for a in argv {
-        argv_block.extend_from_slice(a);
-        argv_block.push(0);
+/// Builds records the way the kernel programs do; used by tests and
+/// benchmarks to produce records without a kernel.
+pub mod encode {
+    use super::*;
+
+    fn raw<T>(v: &T) -> Vec<u8> {
+        let n = std::mem::size_of::<T>();
+        let mut out = vec![0u8; n];
+        // SAFETY: `out` holds exactly size_of::<T>() bytes.
+        unsafe { std::ptr::copy_nonoverlapping(v as *const T as *const u8, out.as_mut_ptr(), n) };
+        out
     }
-    let body = std::mem::size_of::<ExecEvent>();
-    let size = body + argv_block.len() + filename.len();
-    let ev = ExecEvent {
-        header: EventHeader {
-            kind: kind::EXEC,
-            size: size as u32,
-            ..header
-        },
-        ppid,
-        filename_len: filename.len() as u16,
-        argv_len: argv_block.len() as u16,
-        _pad: 0,
-    };
-    let mut out = vec![0u8; body];
-    // SAFETY: `out` holds exactly size_of::<ExecEvent>() bytes.
-    unsafe { std::ptr::write_unaligned(out.as_mut_ptr() as *mut ExecEvent, ev) };
-    out.extend_from_slice(&argv_block);
-    out.extend_from_slice(filename);
-    out
+
+    pub fn exec(
+        header: EventHeader,
+        ppid: u32,
+        argv: &[&[u8]],
+        filename: &[u8],
+        cwd: &[u8],
+    ) -> Vec<u8> {
+        let mut argv_block = Vec::new();
+        for a in argv {
+            argv_block.extend_from_slice(a);
+            argv_block.push(0);
+        }
+        let size = std::mem::size_of::<ExecEvent>() + argv_block.len() + filename.len() + cwd.len();
+        let ev = ExecEvent {
+            header: EventHeader {
+                kind: kind::EXEC,
+                size: size as u32,
+                ..header
+            },
+            ppid,
+            filename_len: filename.len() as u16,
+            argv_len: argv_block.len() as u16,
+            cwd_len: cwd.len() as u16,
+            ..Default::default()
+        };
+        let mut out = raw(&ev);
+        out.extend_from_slice(&argv_block);
+        out.extend_from_slice(filename);
+        out.extend_from_slice(cwd);
+        out
+    }
+
+    pub fn file_open(header: EventHeader, path: &[u8], ret: i64, flags: u32) -> Vec<u8> {
+        let size = std::mem::size_of::<FileOpenEvent>() + path.len();
+        let ev = FileOpenEvent {
+            header: EventHeader {
+                kind: kind::FILE_OPEN,
+                size: size as u32,
+                ..header
+            },
+            ret,
+            open_flags: flags,
+            path_len: path.len() as u16,
+            syscall: open_syscall::OPENAT,
+        };
+        let mut out = raw(&ev);
+        out.extend_from_slice(path);
+        out
+    }
 }
 
 #[cfg(test)]
@@ -175,64 +469,89 @@ mod tests {
 
     #[test]
     fn exec_round_trip() {
-        let rec = encode_exec(
+        let rec = encode::exec(
             header(),
             1,
             &[b"/bin/true", b"marker-1", b"non\xffutf8"],
             b"/usr/bin/true",
+            b"/w",
         );
-        let Event::Exec(e) = decode(&rec).unwrap();
+        let Ok(Event::Exec(e)) = decode(&rec) else {
+            panic!("not an exec: {:?}", decode(&rec))
+        };
         assert_eq!(e.ppid, 1);
         assert_eq!(e.filename, "/usr/bin/true");
         assert_eq!(e.argv, vec!["/bin/true", "marker-1", "non\u{fffd}utf8"]);
+        assert_eq!(e.cwd, "/w");
         assert_eq!(e.common.cgroup_id, 77);
         assert_eq!(e.common.uid, 1000);
+        assert_eq!(e.kernel_call_id, None);
         assert!(!e.argv_truncated);
     }
 
     #[test]
     fn empty_argv_decodes_to_no_arguments() {
-        let rec = encode_exec(header(), 1, &[], b"/x");
-        let Event::Exec(e) = decode(&rec).unwrap();
+        let rec = encode::exec(header(), 1, &[], b"/x", b"/");
+        let Ok(Event::Exec(e)) = decode(&rec) else {
+            panic!()
+        };
         assert!(e.argv.is_empty());
         assert_eq!(e.filename, "/x");
     }
 
     #[test]
+    fn file_open_round_trip_and_access() {
+        let rec = encode::file_open(
+            header(),
+            b"/ws/.env",
+            3,
+            (libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC) as u32,
+        );
+        let Ok(Event::FileOpen(e)) = decode(&rec) else {
+            panic!()
+        };
+        assert_eq!(e.path, "/ws/.env");
+        assert_eq!(e.ret, 3);
+        assert_eq!(e.access, vec!["write", "create", "truncate"]);
+    }
+
+    #[test]
     fn bad_records_are_errors_not_panics() {
         assert!(matches!(decode(&[1, 2, 3]), Err(DecodeError::Short { .. })));
-        let mut rec = encode_exec(header(), 1, &[b"a"], b"/x");
+        let mut rec = encode::exec(header(), 1, &[b"a"], b"/x", b"/");
         rec.push(0);
         assert!(matches!(
             decode(&rec),
             Err(DecodeError::SizeMismatch { .. })
         ));
-        let mut rec = encode_exec(header(), 1, &[b"a"], b"/x");
-        rec[62] = 0xff; // argv_len low byte
-        rec[63] = 0x0f;
+        let mut rec = encode::exec(header(), 1, &[b"a"], b"/x", b"/");
+        let argv_len_at = std::mem::offset_of!(ExecEvent, argv_len);
+        rec[argv_len_at..argv_len_at + 2].copy_from_slice(&4000u16.to_ne_bytes());
         assert!(matches!(decode(&rec), Err(DecodeError::Overrun { .. })));
-        let mut rec = encode_exec(header(), 1, &[b"a"], b"/x");
+        let mut rec = encode::exec(header(), 1, &[b"a"], b"/x", b"/");
         rec[0] = 0xee;
         assert_eq!(decode(&rec), Err(DecodeError::UnknownKind(0xee)));
     }
 
-    /// Random bytes never panic the decoder.
+    /// Random corruptions of valid records never panic the decoder.
     #[test]
     fn fuzz_decode_never_panics() {
         use rand::{Rng, SeedableRng};
         let seed = rand::random::<u64>();
+        eprintln!("seed {seed}");
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let base = encode_exec(header(), 1, &[b"x", b"y"], b"/bin/x");
-        for _ in 0..20_000 {
-            let mut rec = base.clone();
-            let n = rng.gen_range(0..4);
-            for _ in 0..n {
-                let i = rng.gen_range(0..rec.len());
-                rec[i] = rng.gen();
+        let bases = [
+            encode::exec(header(), 1, &[b"x", b"y"], b"/bin/x", b"/tmp"),
+            encode::file_open(header(), b"/etc/passwd", 3, 0),
+        ];
+        for i in 0..20_000 {
+            let mut rec = bases[i % bases.len()].clone();
+            for _ in 0..rng.gen_range(0..4) {
+                let at = rng.gen_range(0..rec.len());
+                rec[at] = rng.gen();
             }
             rec.truncate(rng.gen_range(0..=rec.len()));
             let _ = decode(&rec);
         }
-        eprintln!("seed {seed}");
     }
 }

@@ -3,7 +3,12 @@
 //! binary itself is a thin CLI over it.
 
 pub mod cgroup;
+pub mod client;
+pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod doctor;
 pub mod event;
 pub mod kernel;
+pub mod pipeline;
+pub mod session;

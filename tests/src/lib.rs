@@ -2,9 +2,11 @@
 //! collect its JSON events, wait for them with deadlines (never fixed
 //! sleeps).
 
+pub mod fake_model;
+
 use std::{
     io::{BufRead, BufReader},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc::{self, Receiver, RecvTimeoutError},
     time::{Duration, Instant},
@@ -43,9 +45,15 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// A running daemon whose stdout JSON lines are collected.
+/// A running daemon whose stdout JSON lines are collected. Each has its own
+/// control socket and sessions' parent cgroup, so tests can run in
+/// parallel.
 pub struct Daemon {
     child: Child,
+    /// Control socket of this daemon.
+    pub socket: PathBuf,
+    /// Name of this daemon's parent cgroup (below the cgroup2 mount).
+    pub cgroup_parent: String,
     events: Receiver<Value>,
     /// Every event seen so far (kept so several waits can search them).
     pub seen: Vec<Value>,
@@ -55,9 +63,18 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `agentmon daemon --stdout <args>` and waits for readiness.
     pub fn start(args: &[&str]) -> Self {
+        let tag = format!("{:012x}", rand::random::<u64>() >> 16);
+        let dir = std::env::temp_dir().join(format!("agentmon-test-{tag}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("agentmon.sock");
+        let cgroup_parent = format!("agentmon-test-{tag}");
         let mut child = Command::new(agentmon_bin())
             .arg("daemon")
             .arg("--stdout")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--cgroup-parent")
+            .arg(&cgroup_parent)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -99,6 +116,8 @@ impl Daemon {
         });
         let mut d = Daemon {
             child,
+            socket,
+            cgroup_parent,
             events,
             seen: Vec::new(),
             stderr_tail,
@@ -150,6 +169,46 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// `agentmon ARGS` talking to this daemon.
+    pub fn cli(&self) -> Command {
+        let mut c = Command::new(agentmon_bin());
+        c.env("AGENTMON_SOCKET", &self.socket);
+        c
+    }
+
+    /// `agentmon run --session ID -q -- CMD...` against this daemon.
+    pub fn run_in_session(&self, id: &str, cmd: &[&str]) -> Command {
+        let mut c = self.cli();
+        c.args(["run", "-q", "--session", id, "--"]).args(cmd);
+        c
+    }
+
+    /// Waits for the `session_end` record of `id` (all of its events have
+    /// been read by then: the daemon drains the ring buffer first).
+    pub fn wait_session_end(&mut self, id: &str, timeout: Duration) -> Value {
+        self.wait_for(&format!("session_end of {id}"), timeout, |v| {
+            v["kind"] == "session_end" && v["session_id"] == id
+        })
+    }
+
+    /// Events of session `id` seen so far.
+    pub fn session_events(&self, id: &str) -> Vec<&Value> {
+        self.seen.iter().filter(|v| v["session_id"] == id).collect()
+    }
+
+    /// `agentmon status --json`.
+    pub fn status(&self) -> Value {
+        let out = self.cli().args(["status", "--json"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         // SAFETY: signalling our own child.
@@ -157,12 +216,28 @@ impl Drop for Daemon {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
+                cleanup_cgroup(&self.cgroup_parent);
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        cleanup_cgroup(&self.cgroup_parent);
+    }
+}
+
+/// Removes this daemon's parent cgroup (sessions below it are gone once
+/// their processes exited).
+pub fn cleanup_cgroup(parent: &str) {
+    if let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") {
+        if let Some(mount) = text.lines().find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            (post.split_whitespace().next()? == "cgroup2")
+                .then(|| pre.split_whitespace().nth(4).map(str::to_string))?
+        }) {
+            let _ = std::fs::remove_dir(Path::new(&mount).join(parent));
+        }
     }
 }
 

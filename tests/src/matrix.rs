@@ -16,10 +16,11 @@ use aya::{
 use monitor::kernel::loader::{self, KernelLayout, LoadOptions};
 
 /// How a program is attached; the program's type comes from the object.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum Attach {
-    /// Classic tracepoint `category/name`.
-    Tracepoint(&'static str, &'static str),
+    /// Classic tracepoints `(category, name)`; one program may serve several
+    /// (the shared `sys_exit_fileop`).
+    Tracepoints(Vec<(String, String)>),
     /// BTF-enabled raw tracepoint.
     BtfTracepoint(&'static str),
     /// BPF LSM hook.
@@ -31,9 +32,12 @@ pub enum Attach {
 }
 
 impl Attach {
+    fn tracepoint(category: &str, name: &str) -> Self {
+        Attach::Tracepoints(vec![(category.into(), name.into())])
+    }
     fn kind(&self) -> &'static str {
         match self {
-            Attach::Tracepoint(..) => "tracepoint",
+            Attach::Tracepoints(_) => "tracepoint",
             Attach::BtfTracepoint(_) => "tp_btf",
             Attach::Lsm(_) => "lsm",
             Attach::FEntry(_) => "fentry",
@@ -42,35 +46,84 @@ impl Attach {
     }
     fn target(&self) -> String {
         match self {
-            Attach::Tracepoint(c, n) => format!("{c}/{n}"),
+            Attach::Tracepoints(tps) if tps.len() == 1 => format!("{}/{}", tps[0].0, tps[0].1),
+            Attach::Tracepoints(tps) => match tps.first() {
+                Some((c, n)) => format!("{c}/{n} and {} more", tps.len() - 1),
+                None => "no tracepoint on this kernel".into(),
+            },
             Attach::BtfTracepoint(t) | Attach::Lsm(t) | Attach::FEntry(t) => t.to_string(),
             Attach::CgroupSockAddr => "throwaway cgroup".into(),
         }
     }
 }
 
-/// Every program in the object, by name. Add new programs here: the matrix
-/// fails on any program of the object this table does not name.
-pub const PROGRAMS: &[(&str, Attach)] = &[
-    (
-        "sched_process_exec",
-        Attach::Tracepoint("sched", "sched_process_exec"),
-    ),
-    ("probe_tp_btf", Attach::BtfTracepoint("sched_process_fork")),
-    ("probe_connect4", Attach::CgroupSockAddr),
-    ("probe_lsm", Attach::Lsm("file_open")),
-    ("probe_fentry", Attach::FEntry("do_unlinkat")),
-    (
-        monitor::kernel::lsm::PROGRAM,
-        Attach::Lsm(monitor::kernel::lsm::HOOK),
-    ),
-];
+/// One program of the object and how to attach it.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub name: String,
+    pub attach: Attach,
+    /// Set when this kernel cannot run the program for a known reason
+    /// (independent of the program type; see [`expectation`] for those).
+    pub optional: Option<String>,
+}
+
+fn spec(name: &str, attach: Attach) -> Spec {
+    Spec {
+        name: name.into(),
+        attach,
+        optional: None,
+    }
+}
+
+/// Every program in the object, with its attach target. Built from the
+/// loader's own tables where it has them, so the daemon and the matrix
+/// agree. Add new programs here: the matrix fails on any program of the
+/// object this list does not name.
+pub fn programs() -> Vec<Spec> {
+    use monitor::kernel::{loader, lsm, tracefs};
+    let mut out = Vec::new();
+    for (prog, cat, name) in loader::TRACEPOINTS.iter().chain(loader::OPEN_TRACEPOINTS) {
+        out.push(spec(prog, Attach::tracepoint(cat, name)));
+    }
+    let mut exits = Vec::new();
+    for (sys, new_syscall) in loader::FILEOP_SYSCALLS {
+        let enter = format!("sys_enter_{sys}");
+        let mut s = spec(&enter, Attach::tracepoint("syscalls", &enter));
+        if *new_syscall && !tracefs::exists("syscalls", &enter) {
+            s.optional = Some(format!(
+                "this kernel has no syscalls:{enter} tracepoint (the syscall is newer than the kernel)"
+            ));
+        } else {
+            exits.push(("syscalls".to_string(), format!("sys_exit_{sys}")));
+        }
+        out.push(s);
+    }
+    // Required: it must attach to every exit tracepoint that exists.
+    out.push(spec("sys_exit_fileop", Attach::Tracepoints(exits)));
+    for prog in loader::SOCK_ADDR {
+        out.push(spec(prog, Attach::CgroupSockAddr));
+    }
+    out.extend([
+        spec(
+            "sched_process_fork",
+            Attach::BtfTracepoint("sched_process_fork"),
+        ),
+        spec("lsm_file_open", Attach::Lsm("file_open")),
+        spec(lsm::PROGRAM, Attach::Lsm(lsm::HOOK)),
+        // Feature probes (monitor-ebpf/src/probe.rs).
+        spec("probe_tp_btf", Attach::BtfTracepoint("sched_process_fork")),
+        spec("probe_connect4", Attach::CgroupSockAddr),
+        spec("probe_lsm", Attach::Lsm("file_open")),
+        spec("probe_fentry", Attach::FEntry("do_unlinkat")),
+    ]);
+    out
+}
 
 /// Whether a program must work on this kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Expect {
     Required,
-    Optional(&'static str),
+    Optional(String),
 }
 
 /// Reason given on the host for trampoline-based programs.
@@ -82,7 +135,7 @@ pub const HOST_TRAMPOLINE_REASON: &str = "host kernels may refuse BPF trampoline
 /// fentry programs are optional.
 pub fn expectation(kind: &str, in_vm: bool) -> Expect {
     match kind {
-        "lsm" | "fentry" if !in_vm => Expect::Optional(HOST_TRAMPOLINE_REASON),
+        "lsm" | "fentry" if !in_vm => Expect::Optional(HOST_TRAMPOLINE_REASON.into()),
         _ => Expect::Required,
     }
 }
@@ -124,7 +177,7 @@ impl Matrix {
         let mut s = format!("verifier matrix on Linux {}:\n", self.kernel);
         let _ = writeln!(
             s,
-            "  {:<22} {:<17} {:<26} {:<9} result",
+            "  {:<28} {:<17} {:<38} {:<9} result",
             "program", "type", "target", "required"
         );
         for r in &self.rows {
@@ -140,7 +193,7 @@ impl Matrix {
             };
             let _ = writeln!(
                 s,
-                "  {:<22} {:<17} {:<26} {:<9} {result}{}",
+                "  {:<28} {:<17} {:<38} {:<9} {result}{}",
                 r.program,
                 r.kind,
                 r.target,
@@ -152,7 +205,7 @@ impl Matrix {
                 }
             );
             if let (Expect::Optional(reason), false) = (&r.expect, r.outcome == Outcome::Attached) {
-                let _ = writeln!(s, "  {:<22} optional because: {reason}", "");
+                let _ = writeln!(s, "  {:<28} optional because: {reason}", "");
             }
         }
         s
@@ -196,6 +249,22 @@ fn reason(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Which of several tracepoints refused the attach.
+#[derive(Debug)]
+struct AttachError(String, aya::programs::ProgramError);
+
+impl std::fmt::Display for AttachError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.0, self.1)
+    }
+}
+
+impl std::error::Error for AttachError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.1.source()
+    }
+}
+
 /// A cgroup removed on drop (for cgroup programs).
 struct TempCgroup(PathBuf);
 
@@ -217,28 +286,34 @@ pub fn run(in_vm: bool) -> Matrix {
     let btf = Btf::from_sys_fs().ok();
     let cgroup2 = monitor::cgroup::cgroup2_mount().ok();
     let names: Vec<String> = ebpf.programs_mut().map(|(n, _)| n.to_string()).collect();
+    let specs = programs();
     let mut cgroups = Vec::new();
     let mut rows = Vec::new();
     for name in names {
-        let Some((_, attach)) = PROGRAMS.iter().find(|(n, _)| *n == name) else {
+        let Some(spec) = specs.iter().find(|s| s.name == name) else {
             rows.push(Row {
                 program: name.clone(),
                 kind: "?".into(),
                 target: "?".into(),
                 expect: Expect::Required,
                 outcome: Outcome::NotTried(
-                    "missing from tests/src/matrix.rs PROGRAMS: add its attach target".into(),
+                    "missing from tests/src/matrix.rs programs(): add its attach target".into(),
                 ),
             });
             continue;
         };
         let prog = ebpf.program_mut(&name).expect("listed by programs_mut");
+        let attach = &spec.attach;
         let outcome = load_attach(prog, attach, btf.as_ref(), cgroup2.as_ref(), &mut cgroups);
+        let expect = match &spec.optional {
+            Some(why) => Expect::Optional(why.clone()),
+            None => expectation(attach.kind(), in_vm),
+        };
         rows.push(Row {
             program: name,
             kind: attach.kind().into(),
             target: attach.target(),
-            expect: expectation(attach.kind(), in_vm),
+            expect,
             outcome,
         });
     }
@@ -269,7 +344,13 @@ fn load_attach(
         }};
     }
     match (attach, prog) {
-        (Attach::Tracepoint(c, n), Program::TracePoint(p)) => step!(p.load(), p.attach(c, n)),
+        (Attach::Tracepoints(tps), Program::TracePoint(p)) => step!(
+            p.load(),
+            tps.iter().try_for_each(|(c, n)| p
+                .attach(c, n)
+                .map(|_| ())
+                .map_err(|e| AttachError(format!("{c}/{n}"), e)))
+        ),
         (Attach::BtfTracepoint(t), Program::BtfTracePoint(p)) => {
             let btf = match need_btf() {
                 Ok(b) => b,

@@ -23,6 +23,9 @@ enum Cmd {
         /// target for the guest's /init).
         #[arg(long)]
         vm: bool,
+        /// Also install the Codex CLI for the end-to-end tier.
+        #[arg(long)]
+        e2e: bool,
     },
     /// Build the eBPF object only.
     BuildEbpf,
@@ -48,11 +51,14 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Setup { vm } => setup::run(setup::Needs { vm }),
+        Cmd::Setup { vm, e2e } => setup::run(setup::Needs { vm, e2e }),
         Cmd::BuildEbpf => build::ebpf(),
         Cmd::Build { debug } => build::all(!debug).map(|_| ()),
         Cmd::Run { args } => {
-            setup::run(setup::Needs { vm: false })?;
+            setup::run(setup::Needs {
+                vm: false,
+                e2e: false,
+            })?;
             let bin = build::all(true)?;
             // The daemon loads eBPF programs: run it through sudo when not root.
             let mut cmd = match util::sudo_prefix() {

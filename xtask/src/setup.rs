@@ -16,7 +16,12 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub struct Needs {
     pub vm: bool,
+    /// The Codex CLI from the npm registry, for the end-to-end tier.
+    pub e2e: bool,
 }
+
+/// Codex CLI version the end-to-end test drives (CODEX.md).
+pub const CODEX_VERSION: &str = "0.169.0";
 
 /// Debian packages for the host tiers and, with `vm`, for the VM tier.
 fn debian_packages(needs: &Needs) -> Vec<&'static str> {
@@ -35,6 +40,49 @@ pub fn run(needs: Needs) -> anyhow::Result<()> {
     if needs.vm {
         rust_target(VM_INIT_TARGET)?;
     }
+    if needs.e2e {
+        codex()?;
+    }
+    Ok(())
+}
+
+/// Where the Codex CLI is installed: `$AGENTMON_CODEX_DIR` or
+/// `~/.cache/agentmon/codex` (kept between runs: the package is ~400 MB).
+pub fn codex_dir() -> PathBuf {
+    std::env::var_os("AGENTMON_CODEX_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/agentmon/codex")
+        })
+}
+
+fn codex() -> anyhow::Result<()> {
+    let dir = codex_dir();
+    let bin = dir.join("node_modules/.bin/codex");
+    if let Ok(v) = output(Command::new(&bin).arg("--version")) {
+        if v.contains(CODEX_VERSION) {
+            say("codex", &format!("present ({v})"));
+            return Ok(());
+        }
+    }
+    if Command::new("npm").arg("--version").output().is_err() {
+        bail!("npm is missing: install Node.js and npm (`apt-get install nodejs npm`) for the end-to-end tier");
+    }
+    say(
+        "codex",
+        &format!(
+            "installing @openai/codex@{CODEX_VERSION} from the npm registry into {}",
+            dir.display()
+        ),
+    );
+    std::fs::create_dir_all(&dir)?;
+    sh(Command::new("npm")
+        .args(["install", "--no-audit", "--no-fund", "--prefix"])
+        .arg(&dir)
+        .arg(format!("@openai/codex@{CODEX_VERSION}")))?;
+    let v = output(Command::new(&bin).arg("--version"))?;
+    say("codex", &format!("installed ({v})"));
     Ok(())
 }
 

@@ -20,6 +20,8 @@ pub enum Tier {
     Lint,
     Unit,
     Host,
+    /// The real Codex CLI under agentmon (root, npm).
+    E2e,
     Vm,
 }
 
@@ -35,12 +37,13 @@ pub struct TestArgs {
 
 pub fn run(args: TestArgs) -> anyhow::Result<()> {
     let tiers = if args.tiers.is_empty() {
-        vec![Tier::Lint, Tier::Unit, Tier::Host, Tier::Vm]
+        vec![Tier::Lint, Tier::Unit, Tier::Host, Tier::E2e, Tier::Vm]
     } else {
         args.tiers
     };
     setup::run(setup::Needs {
         vm: tiers.contains(&Tier::Vm),
+        e2e: tiers.contains(&Tier::E2e),
     })?;
     let mut times: Vec<(Tier, Duration, Result<(), String>)> = Vec::new();
     let bin = build::all(true)?;
@@ -49,7 +52,8 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
         let r = match tier {
             Tier::Lint => lint(),
             Tier::Unit => unit(&args.filter),
-            Tier::Host => host(&bin, &args.filter),
+            Tier::Host => root_tests(&bin, "host", &args.filter),
+            Tier::E2e => root_tests(&bin, "e2e", &args.filter),
             Tier::Vm => vm(&bin, &args.filter),
         };
         let d = step.done();
@@ -113,10 +117,11 @@ fn unit(filter: &[String]) -> anyhow::Result<()> {
     sh(&mut c)
 }
 
-fn host(bin: &std::path::Path, filter: &[String]) -> anyhow::Result<()> {
+/// A test target that loads the real programs (root).
+fn root_tests(bin: &std::path::Path, target: &str, filter: &[String]) -> anyhow::Result<()> {
     if !is_root() {
         eprintln!(
-            "skip: host tier needs root (it loads eBPF programs and makes cgroups); rerun as root"
+            "skip: the {target} tier needs root (it loads eBPF programs and makes cgroups); rerun as root"
         );
         return Ok(());
     }
@@ -124,13 +129,14 @@ fn host(bin: &std::path::Path, filter: &[String]) -> anyhow::Result<()> {
     c.current_dir(root())
         .env("AGENTMON_EBPF_OBJECT", build::ebpf_object())
         .env("AGENTMON_BIN", bin)
+        .env("AGENTMON_CODEX_DIR", setup::codex_dir())
         .args([
             "test",
             "--release",
             "-p",
             "agentmon-tests",
             "--test",
-            "host",
+            target,
             "--",
         ])
         .args(filter);

@@ -50,17 +50,7 @@ impl KernelBtf {
     /// Byte offset of `member` in `struct strukt`, looking into anonymous
     /// struct and union members.
     pub fn member_offset(&self, strukt: &str, member: &str) -> Result<u32, BtfError> {
-        let types = self
-            .btf
-            .resolve_types_by_name(strukt)
-            .map_err(|_| BtfError::NoStruct(strukt.to_string()))?;
-        let st = types
-            .into_iter()
-            .find_map(|t| match t {
-                Type::Struct(s) if !s.members.is_empty() => Some(s),
-                _ => None,
-            })
-            .ok_or_else(|| BtfError::NoStruct(strukt.to_string()))?;
+        let st = self.find_struct(strukt)?;
         let bits = self
             .find_in(&st, member, 0)?
             .ok_or_else(|| BtfError::NoMember {
@@ -74,6 +64,25 @@ impl KernelBtf {
             });
         }
         Ok(bits / 8)
+    }
+
+    fn find_struct(&self, strukt: &str) -> Result<btf_rs::Struct, BtfError> {
+        let types = self
+            .btf
+            .resolve_types_by_name(strukt)
+            .map_err(|_| BtfError::NoStruct(strukt.to_string()))?;
+        types
+            .into_iter()
+            .find_map(|t| match t {
+                Type::Struct(s) if !s.members.is_empty() => Some(s),
+                _ => None,
+            })
+            .ok_or_else(|| BtfError::NoStruct(strukt.to_string()))
+    }
+
+    /// `sizeof(struct strukt)`.
+    pub fn struct_size(&self, strukt: &str) -> Result<u32, BtfError> {
+        Ok(self.find_struct(strukt)?.size() as u32)
     }
 
     fn find_in(
@@ -117,15 +126,44 @@ impl KernelBtf {
 
     /// The offsets the programs need.
     pub fn kernel_offsets(&self) -> Result<KernelOffsets, BtfError> {
+        let m = |s: &str, f: &str| self.member_offset(s, f);
         Ok(KernelOffsets {
-            task_real_parent: self.member_offset("task_struct", "real_parent")?,
-            task_tgid: self.member_offset("task_struct", "tgid")?,
-            task_mm: self.member_offset("task_struct", "mm")?,
-            mm_arg_start: self.member_offset("mm_struct", "arg_start")?,
-            mm_arg_end: self.member_offset("mm_struct", "arg_end")?,
-            mm_env_start: self.member_offset("mm_struct", "env_start")?,
-            mm_env_end: self.member_offset("mm_struct", "env_end")?,
+            task_real_parent: m("task_struct", "real_parent")?,
+            task_tgid: m("task_struct", "tgid")?,
+            task_pid: m("task_struct", "pid")?,
+            task_mm: m("task_struct", "mm")?,
+            task_files: m("task_struct", "files")?,
+            task_fs: m("task_struct", "fs")?,
+            task_exit_code: m("task_struct", "exit_code")?,
+            task_group_leader: m("task_struct", "group_leader")?,
+            task_thread_pid: m("task_struct", "thread_pid")?,
+            mm_arg_start: m("mm_struct", "arg_start")?,
+            mm_arg_end: m("mm_struct", "arg_end")?,
+            mm_env_start: m("mm_struct", "env_start")?,
+            mm_env_end: m("mm_struct", "env_end")?,
+            files_fdt: m("files_struct", "fdt")?,
+            fdtable_fd: m("fdtable", "fd")?,
+            fdtable_max_fds: m("fdtable", "max_fds")?,
+            file_f_path: m("file", "f_path")?,
+            file_f_flags: m("file", "f_flags")?,
+            path_mnt: m("path", "mnt")?,
+            path_dentry: m("path", "dentry")?,
+            dentry_d_parent: m("dentry", "d_parent")?,
+            dentry_d_name: m("dentry", "d_name")?,
+            qstr_len: m("qstr", "len")?,
+            qstr_name: m("qstr", "name")?,
+            vfsmount_mnt_root: m("vfsmount", "mnt_root")?,
+            mount_mnt: m("mount", "mnt")?,
+            mount_mnt_parent: m("mount", "mnt_parent")?,
+            mount_mnt_mountpoint: m("mount", "mnt_mountpoint")?,
+            fs_root: m("fs_struct", "root")?,
+            fs_pwd: m("fs_struct", "pwd")?,
+            pid_level: m("pid", "level")?,
+            pid_numbers: m("pid", "numbers")?,
+            upid_size: self.struct_size("upid")?,
+            upid_nr: m("upid", "nr")?,
             valid: 1,
+            _pad: 0,
         })
     }
 }
@@ -165,6 +203,12 @@ mod tests {
         assert_eq!(off.mm_arg_end, off.mm_arg_start + 8);
         assert_eq!(off.mm_env_end, off.mm_env_start + 8);
         assert!(off.task_mm > 0 && off.task_real_parent > 0 && off.task_tgid > 0);
+        // `qstr.len` sits after the 32-bit hash inside an anonymous union.
+        assert_eq!(off.qstr_len, 4);
+        assert_eq!(off.qstr_name, 8);
+        assert_eq!(off.upid_size, 16);
+        assert_eq!(off.path_mnt, 0);
+        assert_eq!(off.path_dentry, 8);
     }
 
     #[test]

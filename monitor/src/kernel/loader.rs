@@ -1,7 +1,7 @@
 //! Loading the embedded eBPF object with this kernel's offsets.
 
 use aya::{programs::TracePoint, Ebpf, EbpfLoader};
-use monitor_common::{scope, InodeOffsets, KernelOffsets};
+use monitor_common::{scope, InodeOffsets, KernelOffsets, TracepointOffsets};
 
 use super::{btf::KernelBtf, tracefs};
 
@@ -22,6 +22,12 @@ pub enum LoadError {
     Tracefs(#[from] tracefs::TracefsError),
     #[error("loading the eBPF object failed: {0}")]
     Load(#[from] aya::EbpfError),
+    #[error("cannot open cgroup {path}: {source}")]
+    Cgroup {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("program `{name}` is missing from the eBPF object")]
     NoProgram { name: String },
     #[error("program `{name}`: {source}")]
@@ -54,7 +60,7 @@ impl Default for LoadOptions {
 #[derive(Clone, Copy, Debug)]
 pub struct KernelLayout {
     pub offsets: KernelOffsets,
-    pub exec_filename_loc: u32,
+    pub tracepoints: TracepointOffsets,
     /// Offsets of the inode-deny LSM program (see [`super::lsm`]).
     pub inode: InodeOffsets,
 }
@@ -64,7 +70,10 @@ impl KernelLayout {
         let btf = KernelBtf::from_file(super::btf::VMLINUX_BTF)?;
         Ok(Self {
             offsets: btf.kernel_offsets()?,
-            exec_filename_loc: tracefs::field_offset("sched", "sched_process_exec", "filename")?,
+            tracepoints: TracepointOffsets {
+                exec_filename: tracefs::field_offset("sched", "sched_process_exec", "filename")?,
+                sys_exit_ret: tracefs::field_offset("syscalls", "sys_exit_openat", "ret")?,
+            },
             inode: btf.inode_offsets()?,
         })
     }
@@ -77,7 +86,7 @@ pub fn load(layout: &KernelLayout, opts: &LoadOptions) -> Result<Ebpf, LoadError
     }
     let ebpf = EbpfLoader::new()
         .override_global("OFFSETS", &layout.offsets, true)
-        .override_global("TP_EXEC_FILENAME_LOC", &layout.exec_filename_loc, true)
+        .override_global("TP", &layout.tracepoints, true)
         .override_global("SCOPE_MODE", &opts.scope_mode, true)
         .override_global("SESSION_LEVEL", &opts.session_level, true)
         .override_global("INODE_OFFSETS", &layout.inode, true)
@@ -85,9 +94,188 @@ pub fn load(layout: &KernelLayout, opts: &LoadOptions) -> Result<Ebpf, LoadError
     Ok(ebpf)
 }
 
-/// Loads and attaches the observation programs that every kernel runs.
-pub fn attach_observers(ebpf: &mut Ebpf) -> Result<(), LoadError> {
-    attach_tracepoint(ebpf, "sched_process_exec", "sched", "sched_process_exec")
+/// Classic tracepoints attached on every kernel: (program, category, name).
+pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("sched_process_exec", "sched", "sched_process_exec"),
+    ("sched_process_exit", "sched", "sched_process_exit"),
+];
+
+/// Open tracepoints, used where the LSM `file_open` hook is not available.
+pub const OPEN_TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("sys_exit_openat", "syscalls", "sys_exit_openat"),
+    ("sys_exit_openat2", "syscalls", "sys_exit_openat2"),
+    ("sys_exit_open", "syscalls", "sys_exit_open"),
+    ("sys_exit_creat", "syscalls", "sys_exit_creat"),
+    (
+        "sys_exit_open_by_handle_at",
+        "syscalls",
+        "sys_exit_open_by_handle_at",
+    ),
+];
+
+/// File-operation syscalls: an enter program each, one shared exit program.
+/// `true` marks syscalls that older kernels lack (skipped when absent).
+pub const FILEOP_SYSCALLS: &[(&str, bool)] = &[
+    ("unlinkat", false),
+    ("unlink", false),
+    ("rmdir", false),
+    ("mkdirat", false),
+    ("mkdir", false),
+    ("renameat2", false),
+    ("renameat", false),
+    ("rename", false),
+    ("truncate", false),
+    ("ftruncate", false),
+    ("fchmodat", false),
+    ("fchmodat2", true),
+    ("chmod", false),
+    ("fchmod", false),
+    ("linkat", false),
+    ("link", false),
+    ("symlinkat", false),
+    ("symlink", false),
+];
+
+/// cgroup sock_addr programs attached to the agentmon parent cgroup.
+pub const SOCK_ADDR: &[&str] = &["connect4", "connect6", "sendmsg4", "sendmsg6"];
+
+/// Where file open events come from on this kernel.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpenSource {
+    /// The LSM `file_open` hook: every open, io_uring and 32-bit included.
+    Lsm,
+    /// `syscalls:sys_exit_open*`: misses io_uring and 32-bit opens.
+    Tracepoints {
+        /// Why the LSM program could not be used.
+        lsm_refused: String,
+    },
+}
+
+/// Loads and attaches the observation programs: tracepoints, the fork
+/// tp_btf program, and file opens from the LSM hook where the kernel allows
+/// it (tracepoints otherwise). The cgroup programs are attached by
+/// [`attach_cgroup`] once the agentmon cgroup exists.
+pub fn attach_observers(ebpf: &mut Ebpf) -> Result<OpenSource, LoadError> {
+    for (prog, cat, name) in TRACEPOINTS {
+        attach_tracepoint(ebpf, prog, cat, name)?;
+    }
+    attach_fileops(ebpf)?;
+    let btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::Program {
+        name: "sched_process_fork".into(),
+        source: aya::programs::ProgramError::Btf(e),
+    })?;
+    let source = match attach_lsm(ebpf, "lsm_file_open", "file_open", &btf) {
+        Ok(()) => OpenSource::Lsm,
+        Err(e) => {
+            for (prog, cat, name) in OPEN_TRACEPOINTS {
+                attach_tracepoint(ebpf, prog, cat, name)?;
+            }
+            OpenSource::Tracepoints {
+                lsm_refused: crate::doctor::error_chain(&e),
+            }
+        }
+    };
+    let prog = "sched_process_fork";
+    let err = |source| LoadError::Program {
+        name: prog.to_string(),
+        source,
+    };
+    let p: &mut aya::programs::BtfTracePoint = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| LoadError::NoProgram {
+            name: prog.to_string(),
+        })?
+        .try_into()
+        .map_err(err)?;
+    p.load("sched_process_fork", &btf).map_err(err)?;
+    p.attach().map_err(err)?;
+    Ok(source)
+}
+
+/// Loads and attaches an LSM program.
+pub fn attach_lsm(
+    ebpf: &mut Ebpf,
+    prog: &str,
+    hook: &str,
+    btf: &aya::Btf,
+) -> Result<(), LoadError> {
+    let err = |source| LoadError::Program {
+        name: prog.to_string(),
+        source,
+    };
+    let p: &mut aya::programs::Lsm = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| LoadError::NoProgram {
+            name: prog.to_string(),
+        })?
+        .try_into()
+        .map_err(err)?;
+    p.load(hook, btf).map_err(err)?;
+    p.attach().map_err(err)?;
+    Ok(())
+}
+
+/// Attaches the network programs to `cgroup` (the agentmon parent cgroup)
+/// with bpf links (which never exclude other programs), so every session
+/// cgroup below inherits them.
+pub fn attach_cgroup(ebpf: &mut Ebpf, cgroup: &std::path::Path) -> Result<(), LoadError> {
+    let dir = std::fs::File::open(cgroup).map_err(|e| LoadError::Cgroup {
+        path: cgroup.display().to_string(),
+        source: e,
+    })?;
+    for prog in SOCK_ADDR {
+        let err = |source| LoadError::Program {
+            name: prog.to_string(),
+            source,
+        };
+        let p: &mut aya::programs::CgroupSockAddr = ebpf
+            .program_mut(prog)
+            .ok_or_else(|| LoadError::NoProgram {
+                name: prog.to_string(),
+            })?
+            .try_into()
+            .map_err(err)?;
+        p.load().map_err(err)?;
+        p.attach(&dir, aya::programs::CgroupAttachMode::Single)
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
+fn attach_fileops(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+    let exit = "sys_exit_fileop";
+    let err = |source| LoadError::Program {
+        name: exit.to_string(),
+        source,
+    };
+    {
+        let p: &mut TracePoint = ebpf
+            .program_mut(exit)
+            .ok_or_else(|| LoadError::NoProgram {
+                name: exit.to_string(),
+            })?
+            .try_into()
+            .map_err(err)?;
+        p.load().map_err(err)?;
+    }
+    for (sys, optional) in FILEOP_SYSCALLS {
+        let enter = format!("sys_enter_{sys}");
+        if *optional && !tracefs::exists("syscalls", &enter) {
+            log::info!("syscall {sys} has no tracepoint on this kernel; skipped");
+            continue;
+        }
+        tracefs::check_syscall_args(&enter)?;
+        attach_tracepoint(ebpf, &enter, "syscalls", &enter)?;
+        let p: &mut TracePoint = ebpf
+            .program_mut(exit)
+            .expect("loaded above")
+            .try_into()
+            .map_err(err)?;
+        p.attach("syscalls", &format!("sys_exit_{sys}"))
+            .map_err(err)?;
+    }
+    Ok(())
 }
 
 fn attach_tracepoint(

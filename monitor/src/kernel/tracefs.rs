@@ -63,6 +63,54 @@ pub fn field_offset(category: &str, name: &str, field: &str) -> Result<u32, Trac
     parse_field_offset(&path, &text, field)
 }
 
+/// Checks that a `syscalls:sys_enter_*` record holds its arguments as
+/// 8-byte slots from offset 16, as the programs read them.
+pub fn check_syscall_args(name: &str) -> Result<(), TracefsError> {
+    let path = tracefs_root()?
+        .join("events/syscalls")
+        .join(name)
+        .join("format");
+    let text = std::fs::read_to_string(&path).map_err(|source| TracefsError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    parse_syscall_args(&path, &text)
+}
+
+/// Parses a syscall enter format; public for tests.
+pub fn parse_syscall_args(path: &Path, text: &str) -> Result<(), TracefsError> {
+    let mut i = 0u32;
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        let Some(rest) = line.strip_prefix("field:") else {
+            continue;
+        };
+        if rest.contains("common_") || rest.contains("__syscall_nr") {
+            continue;
+        }
+        let offset = rest
+            .split(';')
+            .find_map(|p| p.trim().strip_prefix("offset:"))
+            .and_then(|o| o.parse::<u32>().ok());
+        if offset != Some(16 + 8 * i) {
+            return Err(TracefsError::Malformed {
+                path: path.to_path_buf(),
+                line: n + 1,
+                text: format!("{line} (expected argument {i} at offset {})", 16 + 8 * i),
+            });
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// Whether tracepoint `category/name` exists on this kernel.
+pub fn exists(category: &str, name: &str) -> bool {
+    tracefs_root()
+        .map(|r| r.join("events").join(category).join(name).is_dir())
+        .unwrap_or(false)
+}
+
 /// Parses a tracefs `format` file; public for tests.
 pub fn parse_field_offset(path: &Path, text: &str, field: &str) -> Result<u32, TracefsError> {
     for (i, line) in text.lines().enumerate() {
@@ -112,6 +160,18 @@ mod tests {
         assert_eq!(parse_field_offset(p, EXEC_6_18, "filename").unwrap(), 8);
         assert_eq!(parse_field_offset(p, EXEC_6_18, "old_pid").unwrap(), 16);
         assert_eq!(parse_field_offset(p, EXEC_6_18, "common_pid").unwrap(), 4);
+    }
+
+    #[test]
+    fn syscall_argument_layout_is_checked() {
+        let p = Path::new("format");
+        let good = "\tfield:int __syscall_nr;\toffset:8;\tsize:4;\n\tfield:int dfd;\toffset:16;\tsize:8;\n\tfield:const char * pathname;\toffset:24;\tsize:8;\n";
+        parse_syscall_args(p, good).unwrap();
+        let bad = "\tfield:int __syscall_nr;\toffset:8;\tsize:4;\n\tfield:int dfd;\toffset:12;\tsize:4;\n";
+        assert!(matches!(
+            parse_syscall_args(p, bad),
+            Err(TracefsError::Malformed { line: 2, .. })
+        ));
     }
 
     #[test]

@@ -49,7 +49,10 @@ pub enum Inject {
 
 /// `cargo xtask vm-test`: setup, build, then the VM runs.
 pub fn run(args: VmArgs) -> anyhow::Result<()> {
-    setup::run(setup::Needs { vm: true })?;
+    setup::run(setup::Needs {
+        vm: true,
+        e2e: false,
+    })?;
     let bin = build::all(true)?;
     run_built(&bin, &args)
 }

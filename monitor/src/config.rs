@@ -1,0 +1,187 @@
+//! The daemon configuration file, `/etc/agentmon/agentmon.toml`.
+//!
+//! Unknown keys are errors; every error names the file, line, column and
+//! key and says what was expected. Every key has a default, so an empty
+//! file (or none, with `--config` not given) is a complete configuration.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Default location of the configuration file.
+pub const DEFAULT_CONFIG: &str = "/etc/agentmon/agentmon.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        path: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+}
+
+/// `[daemon]`
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonSection {
+    /// Control socket path.
+    pub socket: PathBuf,
+    /// Group (besides root) allowed to create sessions; the socket is made
+    /// group-owned by it.
+    pub group: Option<String>,
+    /// Parent cgroup of all sessions, below the cgroup2 mount.
+    pub cgroup_parent: String,
+    /// Where policies named by `agentmon run --policy NAME` are found.
+    pub policy_dir: PathBuf,
+    /// Policy used when a session names none.
+    pub default_policy: String,
+}
+
+impl Default for DaemonSection {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from(crate::control::DEFAULT_SOCKET),
+            group: None,
+            cgroup_parent: "agentmon".into(),
+            policy_dir: PathBuf::from("/etc/agentmon/policies"),
+            default_policy: "default".into(),
+        }
+    }
+}
+
+/// `[store]`
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    /// Write events to the local store.
+    pub enabled: bool,
+    /// The SQLite database (the systemd StateDirectory).
+    pub path: PathBuf,
+    /// Retention by age, e.g. "7d".
+    pub max_age: String,
+    /// Retention by size in bytes (database plus WAL).
+    pub max_bytes: u64,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: PathBuf::from("/var/lib/agentmon/events.db"),
+            max_age: "7d".into(),
+            max_bytes: 1 << 30,
+        }
+    }
+}
+
+/// The whole file.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub daemon: DaemonSection,
+    pub store: StoreSection,
+    /// `[export]` sections (e.g. `[export.otlp]`), validated by the exporter.
+    pub export: Option<toml::Table>,
+}
+
+impl Config {
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses text; `path` is only used in messages.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
+            ConfigError::Parse {
+                path: path.display().to_string(),
+                line,
+                column,
+                message: e.message().trim().to_string(),
+            }
+        })
+    }
+}
+
+/// 1-based line and column of byte offset `at`.
+pub fn line_col(text: &str, at: usize) -> (usize, usize) {
+    let before = &text[..at.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let c = Config::parse(Path::new("a.toml"), "").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(
+            c.daemon.socket,
+            PathBuf::from("/run/agentmon/agentmon.sock")
+        );
+        assert_eq!(c.daemon.cgroup_parent, "agentmon");
+        assert_eq!(c.store.path, PathBuf::from("/var/lib/agentmon/events.db"));
+        assert!(c.store.enabled);
+    }
+
+    #[test]
+    fn values_override_defaults() {
+        let c = Config::parse(
+            Path::new("a.toml"),
+            "[daemon]\ngroup = \"agentmon\"\nsocket = \"/tmp/s.sock\"\n[store]\nmax_bytes = 1000\n",
+        )
+        .unwrap();
+        assert_eq!(c.daemon.group.as_deref(), Some("agentmon"));
+        assert_eq!(c.daemon.socket, PathBuf::from("/tmp/s.sock"));
+        assert_eq!(c.store.max_bytes, 1000);
+        assert_eq!(c.store.max_age, "7d");
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_name_file_line_and_key() {
+        let e = Config::parse(
+            Path::new("/etc/agentmon/agentmon.toml"),
+            "[daemon]\nsockte = \"/x\"\n",
+        )
+        .unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.starts_with("/etc/agentmon/agentmon.toml:2:1:"), "{msg}");
+        assert!(msg.contains("unknown field `sockte`"), "{msg}");
+        assert!(msg.contains("expected one of"), "{msg}");
+        let e = Config::parse(Path::new("c.toml"), "[store]\n\nmax_bytes = \"lots\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("c.toml:3:13:"), "{e}");
+        assert!(e.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn unreadable_file_names_the_path() {
+        let e = Config::load(Path::new("/nonexistent/agentmon.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/agentmon.toml"), "{e}");
+    }
+}

@@ -1,0 +1,184 @@
+//! End-to-end with the real Codex CLI, driven offline by a fake model
+//! server: every command Codex runs shows up as agentmon exec events tagged
+//! with Codex's conversation id (its thread id) and the tool call id.
+//!
+//! Codex is installed from the npm registry by `cargo xtask setup --e2e`
+//! into `$AGENTMON_CODEX_DIR` (default `~/.cache/agentmon/codex`).
+
+use std::{path::PathBuf, process::Stdio, time::Duration};
+
+use agentmon_tests::{
+    agentmon_bin,
+    fake_model::{FakeModel, ScriptedCall},
+    is_root, marker, Daemon,
+};
+use serde_json::Value;
+
+/// The Codex CLI installed by `cargo xtask setup --e2e`.
+fn codex_bin() -> PathBuf {
+    let dir = std::env::var_os("AGENTMON_CODEX_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/agentmon/codex")
+        });
+    let bin = dir.join("node_modules/.bin/codex");
+    assert!(
+        bin.exists(),
+        "Codex CLI not found at {}; run `cargo xtask setup --e2e`",
+        bin.display()
+    );
+    bin
+}
+
+fn strs(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A workspace and a CODEX_HOME configured for the fake provider, with
+/// agentmon's Codex hook installed.
+fn codex_home(model: &FakeModel, tag: &str) -> (PathBuf, PathBuf) {
+    let base = std::env::temp_dir().join(format!("agentmon-e2e-{tag}"));
+    let ws = base.join("ws");
+    let home = base.join("codex-home");
+    std::fs::create_dir_all(&ws).unwrap();
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(ws.join(".env"), "SECRET=hunter2\n").unwrap();
+    std::fs::write(ws.join("README.md"), "hello\n").unwrap();
+    let config = format!(
+        r#"model = "fake-model"
+model_provider = "fake"
+approval_policy = "never"
+sandbox_mode = "workspace-write"
+check_for_update_on_startup = false
+
+[model_providers.fake]
+name = "local fake"
+base_url = "{}"
+wire_api = "responses"
+env_key = "FAKE_API_KEY"
+request_max_retries = 0
+stream_max_retries = 0
+
+[features]
+hooks = true
+
+[analytics]
+enabled = false
+"#,
+        model.base_url()
+    );
+    std::fs::write(home.join("config.toml"), config).unwrap();
+    let hook = format!("{} hook codex", agentmon_bin().display());
+    let hooks = serde_json::json!({"hooks": {"SessionStart": [{"matcher": "startup|resume",
+        "hooks": [{"type": "command", "command": hook, "timeout": 10}]}]}});
+    std::fs::write(home.join("hooks.json"), hooks.to_string()).unwrap();
+    (ws.canonicalize().unwrap(), home)
+}
+
+#[test]
+fn codex_commands_are_exec_events_joined_to_its_ids() {
+    if !is_root() {
+        eprintln!("skip: needs root to load eBPF programs");
+        return;
+    }
+    let codex = codex_bin();
+    let m = marker("e2e");
+    let script = vec![
+        ScriptedCall {
+            call_id: format!("call_{m}_1"),
+            cmd: "cat .env".into(),
+        },
+        ScriptedCall {
+            call_id: format!("call_{m}_2"),
+            cmd: format!("echo {m}"),
+        },
+    ];
+    let model = FakeModel::start(script.clone());
+    let (ws, home) = codex_home(&model, &m);
+    let mut d = Daemon::start(&[]);
+    let out = d
+        .cli()
+        .args(["run", "-q", "--session", &m, "--workspace"])
+        .arg(&ws)
+        .arg("--")
+        .args(["timeout", "180"])
+        .arg(&codex)
+        .args([
+            "exec",
+            "--skip-git-repo-check",
+            "--dangerously-bypass-hook-trust",
+            "--json",
+            "go",
+        ])
+        .current_dir(&ws)
+        .env("CODEX_HOME", &home)
+        .env("FAKE_API_KEY", "x")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "codex failed: {}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let thread_id = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["type"] == "thread.started")
+        .and_then(|v| v["thread_id"].as_str().map(str::to_string))
+        .unwrap_or_else(|| panic!("no thread.started in codex output: {stdout}"));
+    let end = d.wait_session_end(&m, Duration::from_secs(120));
+    // The hook attached Codex's session id to the agentmon session.
+    assert_eq!(
+        end["conversation_id"],
+        thread_id.as_str(),
+        "hook did not attach the conversation id"
+    );
+    let evs = d.session_events(&m);
+    for call in &script {
+        // Codex runs each command as `bash -lc CMD` inside its sandbox
+        // helpers; that shell and the command itself (when not a builtin)
+        // must carry the call id. (The helpers that exec before the tool
+        // call's environment is applied, such as
+        // `/proc/self/exe --codex-run-as-process-setup`, do not have it.)
+        let words: Vec<&str> = call.cmd.split(' ').collect();
+        let hits: Vec<&&Value> = evs
+            .iter()
+            .filter(|v| {
+                v["kind"] == "exec" && {
+                    let a = strs(&v["argv"]);
+                    a == ["/bin/bash", "-lc", call.cmd.as_str()]
+                        || (a.len() == words.len() && a.iter().zip(&words).all(|(x, w)| x == w))
+                }
+            })
+            .collect();
+        assert!(!hits.is_empty(), "no exec event for `{}`", call.cmd);
+        for hit in hits {
+            assert_eq!(
+                hit["call_id"],
+                call.call_id.as_str(),
+                "exec {} not tagged with its call id",
+                hit["argv"]
+            );
+            assert_eq!(hit["conversation_id"], thread_id.as_str());
+            assert_eq!(hit["session_id"], m.as_str());
+        }
+    }
+    // `cat .env` opened the secret (observe-only here), with its canonical path.
+    let env_path = ws.join(".env").display().to_string();
+    let open = evs
+        .iter()
+        .find(|v| v["kind"] == "file_open" && v["path"] == env_path.as_str());
+    let open = open.unwrap_or_else(|| panic!("no open of {env_path}"));
+    assert_eq!(open["call_id"], script[0].call_id.as_str());
+    let _ = std::fs::remove_dir_all(ws.parent().unwrap());
+}
