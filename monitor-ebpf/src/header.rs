@@ -7,7 +7,7 @@ use monitor_common::{counter, EventHeader, SCRATCH_BYTES};
 
 use crate::{
     kread,
-    maps::{count, offsets, EVENTS, PROCS, SCRATCH},
+    maps::{count, global_u32, offsets, EVENTS, PROCS, SCRATCH, WAKEUP_BYTES},
     scope::Scope,
 };
 
@@ -64,6 +64,24 @@ pub fn scratch() -> Result<&'static mut [u8; SCRATCH_BYTES], i32> {
     Ok(unsafe { &mut (*p).buf })
 }
 
+/// Wake-up policy: waking the reader for every record costs an IPI and a
+/// context switch per event. The reader drains on its own short timer; a
+/// record wakes it only when it makes the waiting data cross
+/// `WAKEUP_BYTES`, so a burst gets one early wake-up, not one per record.
+#[inline(always)]
+fn wakeup_flag(len: u64) -> u64 {
+    const NO_WAKEUP: u64 = 1;
+    const FORCE_WAKEUP: u64 = 2;
+    const AVAIL_DATA: u64 = 0;
+    let threshold = global_u32(&WAKEUP_BYTES) as u64;
+    let avail = EVENTS.query(AVAIL_DATA);
+    if avail < threshold && avail + len >= threshold {
+        FORCE_WAKEUP
+    } else {
+        NO_WAKEUP
+    }
+}
+
 /// Sends `buf[..len]` to user space, counting success and ring-full drops.
 #[inline(always)]
 pub fn emit(buf: &[u8; SCRATCH_BYTES], len: usize) {
@@ -71,7 +89,7 @@ pub fn emit(buf: &[u8; SCRATCH_BYTES], len: usize) {
     if len == 0 {
         return;
     }
-    match EVENTS.output::<[u8]>(&buf[..len], 0) {
+    match EVENTS.output::<[u8]>(&buf[..len], wakeup_flag(len as u64)) {
         Ok(()) => count(counter::EMITTED),
         Err(_) => count(counter::RINGBUF_FULL),
     }
@@ -80,7 +98,7 @@ pub fn emit(buf: &[u8; SCRATCH_BYTES], len: usize) {
 /// Sends a fixed-size record.
 #[inline(always)]
 pub fn emit_struct<T>(v: &T) {
-    match EVENTS.output::<T>(v, 0) {
+    match EVENTS.output::<T>(v, wakeup_flag(core::mem::size_of::<T>() as u64)) {
         Ok(()) => count(counter::EMITTED),
         Err(_) => count(counter::RINGBUF_FULL),
     }

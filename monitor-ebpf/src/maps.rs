@@ -64,6 +64,11 @@ pub static SCOPE_MODE: u32 = 0;
 #[unsafe(no_mangle)]
 pub static SESSION_LEVEL: u32 = 2;
 
+/// Bytes waiting in EVENTS before a record wakes the reader (which also
+/// drains on a short timer).
+#[unsafe(no_mangle)]
+pub static WAKEUP_BYTES: u32 = 256 * 1024;
+
 /// Most environment strings scanned per exec for agent tags.
 #[unsafe(no_mangle)]
 pub static ENV_SCAN_MAX: u32 = 4096;

@@ -214,6 +214,9 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let mut cache = ProcCache::new(200_000);
     let mut clock = Clock::now();
     let mut reap = tokio::time::interval(Duration::from_millis(200));
+    // The kernel wakes the reader only when 256 KiB are waiting; this timer
+    // bounds the delivery latency otherwise.
+    let mut drain_tick = tokio::time::interval(Duration::from_millis(25));
     let mut loss = tokio::time::interval(Duration::from_secs(10));
     let mut last_loss = Value::Null;
     loop {
@@ -225,6 +228,10 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
                 let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
                 drain(guard.get_inner_mut(), &mut st, &mut cache, &clock);
                 guard.clear_ready();
+            }
+            _ = drain_tick.tick() => {
+                let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+                drain(ring.get_mut(), &mut st, &mut cache, &clock);
             }
             _ = reap.tick() => {
                 let mut st = state.lock().unwrap_or_else(|p| p.into_inner());

@@ -9,6 +9,7 @@ pub mod control;
 pub mod daemon;
 pub mod doctor;
 pub mod event;
+pub mod export;
 pub mod kernel;
 pub mod pipeline;
 pub mod session;

@@ -15,6 +15,7 @@ use std::{
 use serde_json::Value;
 
 pub mod matrix;
+pub mod otlp_receiver;
 
 /// Whether these tests run in agentmon's VM tier (set by the guest's /init
 /// through `cargo xtask vm-test`). There, kernel features that the host may

@@ -1,5 +1,6 @@
 //! agentmon's build, setup and test driver: `cargo xtask <command>`.
 
+mod bench;
 mod build;
 mod setup;
 mod test;
@@ -44,6 +45,8 @@ enum Cmd {
     },
     /// Run every test tier: lint, unit, host integration (root), VM.
     Test(test::TestArgs),
+    /// Benchmarks, side by side with a baseline (root).
+    Bench(bench::BenchArgs),
     /// Run the VM tier: the `vm` tests on Debian kernels under QEMU.
     VmTest(vm::VmArgs),
 }
@@ -74,6 +77,7 @@ fn main() -> anyhow::Result<()> {
             util::sh(&mut cmd)
         }
         Cmd::Test(args) => test::run(args),
+        Cmd::Bench(args) => bench::run(args),
         Cmd::VmTest(args) => vm::run(args),
     }
 }

@@ -82,6 +82,49 @@ fn main() {
             );
             println!("fd {}", cqe.result());
         }
+        Some("openloop") => {
+            // N open+close pairs of PATH; prints the mean ns per pair.
+            let n: u64 = args[2].parse().unwrap();
+            let path = CString::new(args[3].as_str()).unwrap();
+            let start = std::time::Instant::now();
+            for _ in 0..n {
+                // SAFETY: plain syscalls on a valid C string.
+                unsafe {
+                    let fd = libc::open(path.as_ptr(), libc::O_RDONLY);
+                    assert!(fd >= 0, "open");
+                    libc::close(fd);
+                }
+            }
+            println!("{}", start.elapsed().as_nanos() as u64 / n.max(1));
+        }
+        Some("execrate") => {
+            // Fork+exec PROG at RATE per second for SECS seconds (paced).
+            let rate: u64 = args[2].parse().unwrap();
+            let secs: u64 = args[3].parse().unwrap();
+            let interval = std::time::Duration::from_nanos(1_000_000_000 / rate.max(1));
+            let start = std::time::Instant::now();
+            let mut next = start;
+            let mut n = 0u64;
+            let mut running: Vec<std::process::Child> = Vec::new();
+            while start.elapsed().as_secs() < secs {
+                let mut c = Command::new(&args[4]);
+                c.args(&args[5..]).stdout(std::process::Stdio::null());
+                // Not waited for here: the rate must not depend on how long
+                // one exec takes. Finished children are reaped as we go.
+                running.push(c.spawn().expect("spawn"));
+                running.retain_mut(|ch| ch.try_wait().ok().flatten().is_none());
+                n += 1;
+                next += interval;
+                let now = std::time::Instant::now();
+                if next > now {
+                    std::thread::sleep(next - now);
+                }
+            }
+            for mut ch in running {
+                ch.wait().expect("wait");
+            }
+            println!("{n}");
+        }
         Some("exec") => {
             // Replace this process (used to test tags across exec).
             let e = Command::new(&args[2]).args(&args[3..]).exec();
