@@ -100,10 +100,48 @@ impl Default for ProcState {
     }
 }
 
+/// Offsets used by the inode-deny LSM program (`lsm_file_open_inode`, the
+/// VM harness proof), resolved from BTF like [`KernelOffsets`]. Kept apart
+/// from [`KernelOffsets`] so that program stays self-contained.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InodeOffsets {
+    /// `file.f_inode`
+    pub file_f_inode: u32,
+    /// `inode.i_ino`
+    pub inode_i_ino: u32,
+    /// `inode.i_sb`
+    pub inode_i_sb: u32,
+    /// `super_block.s_dev`
+    pub sb_s_dev: u32,
+    /// Non-zero once user space has filled the struct in; with an all-zero
+    /// table the program allows everything.
+    pub valid: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<InodeOffsets>() == 24);
+
+/// Key of the `DENY_INODES` map: a file identity as the kernel sees it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct InodeKey {
+    /// `inode->i_sb->s_dev` in the kernel's internal `dev_t` encoding
+    /// (`major << 20 | minor`), zero-extended. Not `stat.st_dev`: user space
+    /// converts.
+    pub dev: u64,
+    /// `inode->i_ino`.
+    pub ino: u64,
+}
+const _: () = assert!(core::mem::size_of::<InodeKey>() == 16);
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: repr(C) structs of integers and byte arrays, no implicit padding.
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::TracepointOffsets {}
     unsafe impl aya::Pod for super::ProcState {}
+
+    // SAFETY: repr(C) structs of u32/u64 fields, explicit padding.
+    unsafe impl aya::Pod for super::InodeOffsets {}
+    unsafe impl aya::Pod for super::InodeKey {}
 }

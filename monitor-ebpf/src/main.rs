@@ -13,6 +13,7 @@ mod fileops;
 mod header;
 mod kread;
 mod lsm;
+mod lsm_inode;
 mod maps;
 mod net;
 mod path;

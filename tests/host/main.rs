@@ -23,3 +23,12 @@ macro_rules! require_root {
 pub fn root() -> bool {
     is_root()
 }
+
+/// Loads and attaches every program of the shipped object on this kernel
+/// and prints the matrix; lsm/fentry are optional here (see
+/// `agentmon_tests::matrix::expectation`), everything else is required.
+#[test]
+fn verifier_matrix() {
+    require_root!();
+    agentmon_tests::matrix::check(false);
+}

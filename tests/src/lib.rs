@@ -14,7 +14,15 @@ use std::{
 
 use serde_json::Value;
 
+pub mod matrix;
 pub mod otlp_receiver;
+
+/// Whether these tests run in agentmon's VM tier (set by the guest's /init
+/// through `cargo xtask vm-test`). There, kernel features that the host may
+/// lack (BPF LSM, fentry) are required instead of skipped.
+pub fn in_vm() -> bool {
+    std::env::var_os("AGENTMON_VM").is_some_and(|v| v == "1")
+}
 
 /// The agentmon binary under test: `$AGENTMON_BIN`, set by `cargo xtask test`.
 pub fn agentmon_bin() -> PathBuf {

@@ -5,6 +5,7 @@ mod build;
 mod setup;
 mod test;
 mod util;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -19,7 +20,8 @@ struct Cli {
 enum Cmd {
     /// Install what the build and the tests need (idempotent).
     Setup {
-        /// Also install what the VM tier needs (qemu, busybox, cpio).
+        /// Also install what the VM tier needs (qemu, cpio, xz, the musl
+        /// target for the guest's /init).
         #[arg(long)]
         vm: bool,
         /// Also install the Codex CLI for the end-to-end tier.
@@ -45,6 +47,8 @@ enum Cmd {
     Test(test::TestArgs),
     /// Benchmarks, side by side with a baseline (root).
     Bench(bench::BenchArgs),
+    /// Run the VM tier: the `vm` tests on Debian kernels under QEMU.
+    VmTest(vm::VmArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -74,5 +78,6 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Test(args) => test::run(args),
         Cmd::Bench(args) => bench::run(args),
+        Cmd::VmTest(args) => vm::run(args),
     }
 }

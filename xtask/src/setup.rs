@@ -37,6 +37,9 @@ pub fn run(needs: Needs) -> anyhow::Result<()> {
     rust_src()?;
     bpf_linker()?;
     apt(&debian_packages(&needs))?;
+    if needs.vm {
+        rust_target(VM_INIT_TARGET)?;
+    }
     if needs.e2e {
         codex()?;
     }
@@ -81,6 +84,28 @@ fn codex() -> anyhow::Result<()> {
     let v = output(Command::new(&bin).arg("--version"))?;
     say("codex", &format!("installed ({v})"));
     Ok(())
+}
+
+/// Target of the VM guest's static /init (xtask/vm-init).
+const VM_INIT_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// A rustup target for the toolchain that builds the host crates.
+fn rust_target(target: &str) -> anyhow::Result<()> {
+    let installed = output(
+        Command::new("rustup")
+            .current_dir(crate::util::root())
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .args(["target", "list", "--installed"]),
+    )?;
+    if installed.lines().any(|l| l.trim() == target) {
+        say("rust target", &format!("present ({target})"));
+        return Ok(());
+    }
+    say("rust target", &format!("installing {target}"));
+    sh(Command::new("rustup")
+        .current_dir(crate::util::root())
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .args(["target", "add", target]))
 }
 
 fn say(step: &str, what: &str) {
@@ -157,6 +182,23 @@ fn bpf_linker() -> anyhow::Result<()> {
     let prefix = cargo_home().join(format!("agentmon-llvm-{major}"));
     let marker = prefix.join("built-against");
     let want = format!("bpf-linker {BPF_LINKER_VERSION} llvm {}", llvm_so.display());
+    std::fs::create_dir_all(prefix.join("lib"))?;
+    // Two names: `libLLVM.so` for the build, and the soname
+    // (`libLLVM.so.22.1-rust-…`) that the installed binary asks the dynamic
+    // loader for through its RUNPATH. Without the second one bpf-linker
+    // cannot start outside rustc, and setup rebuilt it on every run.
+    for name in [
+        std::ffi::OsStr::new("libLLVM.so"),
+        llvm_so
+            .file_name()
+            .context("libLLVM path has no file name")?,
+    ] {
+        let link = prefix.join("lib").join(name);
+        if std::fs::read_link(&link).ok().as_deref() != Some(llvm_so.as_path()) {
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(&llvm_so, &link)?;
+        }
+    }
     let have_bin = Command::new("bpf-linker")
         .arg("--version")
         .output()
@@ -178,10 +220,6 @@ fn bpf_linker() -> anyhow::Result<()> {
         "bpf-linker",
         &format!("building {BPF_LINKER_VERSION} against nightly's LLVM {major} (about a minute)"),
     );
-    std::fs::create_dir_all(prefix.join("lib"))?;
-    let link = prefix.join("lib/libLLVM.so");
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(&llvm_so, &link)?;
     sh(Command::new("cargo")
         .args([
             "install",

@@ -22,6 +22,7 @@ pub enum Tier {
     Host,
     /// The real Codex CLI under agentmon (root, npm).
     E2e,
+    Vm,
 }
 
 #[derive(Args)]
@@ -36,12 +37,12 @@ pub struct TestArgs {
 
 pub fn run(args: TestArgs) -> anyhow::Result<()> {
     let tiers = if args.tiers.is_empty() {
-        vec![Tier::Lint, Tier::Unit, Tier::Host, Tier::E2e]
+        vec![Tier::Lint, Tier::Unit, Tier::Host, Tier::E2e, Tier::Vm]
     } else {
         args.tiers
     };
     setup::run(setup::Needs {
-        vm: false,
+        vm: tiers.contains(&Tier::Vm),
         e2e: tiers.contains(&Tier::E2e),
     })?;
     let mut times: Vec<(Tier, Duration, Result<(), String>)> = Vec::new();
@@ -53,6 +54,7 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
             Tier::Unit => unit(&args.filter),
             Tier::Host => root_tests(&bin, "host", &args.filter),
             Tier::E2e => root_tests(&bin, "e2e", &args.filter),
+            Tier::Vm => vm(&bin, &args.filter),
         };
         let d = step.done();
         times.push((tier, d, r.map_err(|e| format!("{e:#}"))));
@@ -154,4 +156,23 @@ fn root_tests(bin: &std::path::Path, target: &str, filter: &[String]) -> anyhow:
         ])
         .args(filter);
     sh(&mut c)
+}
+
+fn vm(bin: &std::path::Path, filter: &[String]) -> anyhow::Result<()> {
+    if !is_root() {
+        eprintln!(
+            "skip: the vm tier runs as root only (apt-get update, and QEMU's read-only 9p share \
+             of / must read every file the guest tests need); rerun as root"
+        );
+        return Ok(());
+    }
+    crate::vm::run_built(
+        bin,
+        &crate::vm::VmArgs {
+            kernel: "all".into(),
+            timeout: 900,
+            inject: None,
+            filter: filter.to_vec(),
+        },
+    )
 }

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use btf_rs::{Btf, Type};
-use monitor_common::KernelOffsets;
+use monitor_common::{InodeOffsets, KernelOffsets};
 
 /// Where the running kernel publishes its BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -162,6 +162,20 @@ impl KernelBtf {
             pid_numbers: m("pid", "numbers")?,
             upid_size: self.struct_size("upid")?,
             upid_nr: m("upid", "nr")?,
+            valid: 1,
+            _pad: 0,
+        })
+    }
+}
+
+impl KernelBtf {
+    /// The offsets of the inode-deny LSM program (`lsm_file_open_inode`).
+    pub fn inode_offsets(&self) -> Result<InodeOffsets, BtfError> {
+        Ok(InodeOffsets {
+            file_f_inode: self.member_offset("file", "f_inode")?,
+            inode_i_ino: self.member_offset("inode", "i_ino")?,
+            inode_i_sb: self.member_offset("inode", "i_sb")?,
+            sb_s_dev: self.member_offset("super_block", "s_dev")?,
             valid: 1,
             _pad: 0,
         })

@@ -1,7 +1,7 @@
 //! Loading the embedded eBPF object with this kernel's offsets.
 
 use aya::{programs::TracePoint, Ebpf, EbpfLoader};
-use monitor_common::{scope, KernelOffsets, TracepointOffsets};
+use monitor_common::{scope, InodeOffsets, KernelOffsets, TracepointOffsets};
 
 use super::{btf::KernelBtf, tracefs};
 
@@ -61,6 +61,8 @@ impl Default for LoadOptions {
 pub struct KernelLayout {
     pub offsets: KernelOffsets,
     pub tracepoints: TracepointOffsets,
+    /// Offsets of the inode-deny LSM program (see [`super::lsm`]).
+    pub inode: InodeOffsets,
 }
 
 impl KernelLayout {
@@ -72,6 +74,7 @@ impl KernelLayout {
                 exec_filename: tracefs::field_offset("sched", "sched_process_exec", "filename")?,
                 sys_exit_ret: tracefs::field_offset("syscalls", "sys_exit_openat", "ret")?,
             },
+            inode: btf.inode_offsets()?,
         })
     }
 }
@@ -86,6 +89,7 @@ pub fn load(layout: &KernelLayout, opts: &LoadOptions) -> Result<Ebpf, LoadError
         .override_global("TP", &layout.tracepoints, true)
         .override_global("SCOPE_MODE", &opts.scope_mode, true)
         .override_global("SESSION_LEVEL", &opts.session_level, true)
+        .override_global("INODE_OFFSETS", &layout.inode, true)
         .load(EBPF_OBJECT)?;
     Ok(ebpf)
 }

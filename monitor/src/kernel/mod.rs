@@ -4,4 +4,5 @@
 pub mod btf;
 pub mod features;
 pub mod loader;
+pub mod lsm;
 pub mod tracefs;
