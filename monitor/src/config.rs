@@ -181,11 +181,18 @@ mod tests {
         assert!(msg.starts_with("/etc/agentmon/agentmon.toml:2:1:"), "{msg}");
         assert!(msg.contains("unknown field `sockte`"), "{msg}");
         assert!(msg.contains("expected one of"), "{msg}");
-        let e = Config::parse(Path::new("c.toml"), "[store]\n\nmax_bytes = \"lots\"\n")
+        let e = Config::parse(Path::new("c.toml"), "[store]\n\nenabled = \"lots\"\n")
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("c.toml:3:13:"), "{e}");
+        assert!(e.starts_with("c.toml:3:11:"), "{e}");
         assert!(e.contains("invalid type"), "{e}");
+        let e = Config::parse(
+            Path::new("c.toml"),
+            "[store.retention]\nmax_age = \"forever\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("c.toml:2:"), "{e}");
     }
 
     #[test]
