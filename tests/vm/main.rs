@@ -21,6 +21,29 @@ use monitor::{
     },
 };
 
+#[path = "../host/control.rs"]
+mod control;
+/// The host tier's observability and control-socket tests, repeated on the
+/// VM kernels (where the LSM file_open hook is the open-event source).
+#[path = "../host/observe.rs"]
+mod observe;
+
+/// The helper binary that performs known operations.
+pub fn actor() -> &'static str {
+    env!("CARGO_BIN_EXE_actor")
+}
+
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !$crate::is_root() {
+            assert!(!$crate::in_vm(), "the VM tier runs as root");
+            eprintln!("skip: needs root to load eBPF programs");
+            return;
+        }
+    };
+}
+
 /// Skips (outside the VM) or fails (inside) when a precondition is missing.
 macro_rules! require {
     ($cond:expr, $($why:tt)+) => {

@@ -69,6 +69,7 @@ fn run() -> Res<Verdict> {
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     say(&format!("init started on Linux {}", release.trim()));
     load_modules()?;
+    loopback_up()?;
     host_mounts()?;
     match inject().as_deref() {
         Some("panic") => {
@@ -80,6 +81,33 @@ fn run() -> Res<Verdict> {
         Some(other) => return Err(format!("unknown agentmon.inject={other}")),
     }
     run_command()
+}
+
+/// Brings up `lo`: tests connect to listeners on 127.0.0.1.
+fn loopback_up() -> Res<()> {
+    // SAFETY: a plain socket for the interface ioctls, closed below; the
+    // ifreq is zeroed and carries a NUL-terminated name.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(format!("socket: {}", std::io::Error::last_os_error()));
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo\0".iter().enumerate() {
+            req.ifr_name[i] = *b as libc::c_char;
+        }
+        let mut rc = libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut req);
+        if rc == 0 {
+            req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            rc = libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &req);
+        }
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if rc != 0 {
+            return Err(format!("bringing up lo: {err}"));
+        }
+    }
+    Ok(())
 }
 
 /// The value of `agentmon.inject=` on the kernel command line.
