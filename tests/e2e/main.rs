@@ -240,5 +240,32 @@ fn codex_commands_are_exec_events_joined_to_its_ids() {
             assert_eq!(ours.resource_str("service.name"), Some("agentmon"));
         }
     }
+    // Show one tool call next to the kernel events it caused (test log).
+    let c = &script[0];
+    for l in logs.iter().filter(|l| {
+        l.str_attr("call_id") == Some(c.call_id.as_str())
+            && (matches!(l.str_attr("event.name"), Some("codex.tool_result" | "agentmon.process.exec"))
+                || l.str_attr("file.path") == Some(env_path.as_str()))
+    }) {
+        let keys = ["event.name", "conversation.id", "call_id", "tool_name", "arguments", "process.pid",
+            "process.executable.path", "process.command_args", "file.path", "agentmon.session.id"];
+        let shown: Vec<String> = keys
+            .iter()
+            .filter_map(|k| {
+                let v = l.str_attr(k).map(str::to_string).or_else(|| l.int_attr(k).map(|i| i.to_string()));
+                let v = v.or_else(|| l.str_list_attr(k).map(|a| format!("{a:?}")))?;
+                Some(format!("{k}={}", short(&v)))
+            })
+            .collect();
+        eprintln!("joined: {}", shown.join(" "));
+    }
     let _ = std::fs::remove_dir_all(ws.parent().unwrap());
+}
+
+fn short(s: &str) -> String {
+    if s.len() > 120 {
+        format!("{}…", &s[..120])
+    } else {
+        s.to_string()
+    }
 }
