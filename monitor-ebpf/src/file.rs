@@ -68,8 +68,16 @@ fn try_open_exit(ctx: &TracePointContext, scope: &Scope, syscall: u16) -> Result
         // enforcing hooks themselves.
         return Ok(());
     }
+    let file = fd_file(current_task(), ret as u32)?;
+    emit_open(file, scope, ret, syscall)
+}
+
+/// Emits a file open record for `file` (a kernel `struct file *`), with the
+/// canonical path walked up to the task's root.
+#[inline(always)]
+pub fn emit_open(file: u64, scope: &Scope, ret: i64, syscall: u16) -> Result<(), i32> {
+    let o = offsets();
     let task = current_task();
-    let file = fd_file(task, ret as u32)?;
     let buf = header::scratch()?;
     const BODY: usize = size_of::<FileOpenEvent>();
     let mut ev = FileOpenEvent::default();

@@ -12,7 +12,7 @@ use agentmon_tests::{
     fake_model::{FakeModel, ScriptedCall},
     is_root, marker,
     otlp_receiver::OtlpReceiver,
-    Daemon,
+    strs, Daemon,
 };
 use serde_json::Value;
 
@@ -31,16 +31,6 @@ fn codex_bin() -> PathBuf {
         bin.display()
     );
     bin
-}
-
-fn strs(v: &Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// A workspace and a CODEX_HOME configured for the fake provider, with
@@ -244,15 +234,30 @@ fn codex_commands_are_exec_events_joined_to_its_ids() {
     let c = &script[0];
     for l in logs.iter().filter(|l| {
         l.str_attr("call_id") == Some(c.call_id.as_str())
-            && (matches!(l.str_attr("event.name"), Some("codex.tool_result" | "agentmon.process.exec"))
-                || l.str_attr("file.path") == Some(env_path.as_str()))
+            && (matches!(
+                l.str_attr("event.name"),
+                Some("codex.tool_result" | "agentmon.process.exec")
+            ) || l.str_attr("file.path") == Some(env_path.as_str()))
     }) {
-        let keys = ["event.name", "conversation.id", "call_id", "tool_name", "arguments", "process.pid",
-            "process.executable.path", "process.command_args", "file.path", "agentmon.session.id"];
+        let keys = [
+            "event.name",
+            "conversation.id",
+            "call_id",
+            "tool_name",
+            "arguments",
+            "process.pid",
+            "process.executable.path",
+            "process.command_args",
+            "file.path",
+            "agentmon.session.id",
+        ];
         let shown: Vec<String> = keys
             .iter()
             .filter_map(|k| {
-                let v = l.str_attr(k).map(str::to_string).or_else(|| l.int_attr(k).map(|i| i.to_string()));
+                let v = l
+                    .str_attr(k)
+                    .map(str::to_string)
+                    .or_else(|| l.int_attr(k).map(|i| i.to_string()));
                 let v = v.or_else(|| l.str_list_attr(k).map(|a| format!("{a:?}")))?;
                 Some(format!("{k}={}", short(&v)))
             })

@@ -10,15 +10,7 @@ pub fn actor() -> &'static str {
     env!("CARGO_BIN_EXE_actor")
 }
 
-#[macro_export]
-macro_rules! require_root {
-    () => {
-        if !$crate::is_root() {
-            eprintln!("skip: needs root to load eBPF programs");
-            return;
-        }
-    };
-}
+pub use agentmon_tests::require_root;
 
 pub fn root() -> bool {
     is_root()

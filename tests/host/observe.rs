@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use agentmon_tests::{marker, Daemon};
+use agentmon_tests::{marker, strs, Daemon};
 use serde_json::Value;
 
 use crate::{actor, require_root};
@@ -31,16 +31,6 @@ fn prepare_dir(tag: &str) -> std::path::PathBuf {
     std::os::unix::fs::symlink("target.txt", dir.join("link.txt")).unwrap();
     // Canonical form (e.g. /tmp may itself be a symlink elsewhere).
     dir.canonicalize().unwrap()
-}
-
-fn strs(v: &Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// The acceptance script of the sessions issue: 3 execs, 5 opens by five

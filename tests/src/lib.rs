@@ -289,6 +289,30 @@ pub fn cleanup_cgroup(parent: &str) {
     }
 }
 
+/// The strings of a JSON array (argv and the like); empty for anything else.
+pub fn strs(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Returns early from a test that needs root, with the reason printed; in
+/// the VM tier (which always runs as root) a missing root is a failure.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !$crate::is_root() {
+            assert!(!$crate::in_vm(), "the VM tier runs as root");
+            eprintln!("skip: needs root to load eBPF programs");
+            return;
+        }
+    };
+}
+
 /// A random marker string for matching one test's events.
 pub fn marker(prefix: &str) -> String {
     format!("{prefix}-{:016x}", rand::random::<u64>())

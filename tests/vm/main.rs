@@ -33,16 +33,7 @@ pub fn actor() -> &'static str {
     env!("CARGO_BIN_EXE_actor")
 }
 
-#[macro_export]
-macro_rules! require_root {
-    () => {
-        if !$crate::is_root() {
-            assert!(!$crate::in_vm(), "the VM tier runs as root");
-            eprintln!("skip: needs root to load eBPF programs");
-            return;
-        }
-    };
-}
+pub use agentmon_tests::require_root;
 
 /// Skips (outside the VM) or fails (inside) when a precondition is missing.
 macro_rules! require {

@@ -34,6 +34,24 @@ pub fn clean_cargo(toolchain: Option<&str>) -> Command {
     c
 }
 
+/// `cargo test --release -p agentmon-tests --test TARGET ARGS` at the
+/// workspace root, with the built eBPF object.
+pub fn test_target(target: &str, args: &[&str]) -> Command {
+    let mut c = clean_cargo(None);
+    c.current_dir(root())
+        .env("AGENTMON_EBPF_OBJECT", ebpf_object())
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "agentmon-tests",
+            "--test",
+            target,
+        ])
+        .args(args);
+    c
+}
+
 pub fn ebpf() -> anyhow::Result<()> {
     let step = Step::new("build eBPF object (nightly, bpfel-unknown-none)");
     sh(clean_cargo(Some("nightly"))

@@ -116,20 +116,7 @@ fn unit(filter: &[String]) -> anyhow::Result<()> {
         .args(filter);
     sh(&mut c)?;
     // The OTLP exporter against a real receiver on loopback (no root).
-    let mut c = clean_cargo(None);
-    c.current_dir(root())
-        .env("AGENTMON_EBPF_OBJECT", build::ebpf_object())
-        .args([
-            "test",
-            "--release",
-            "-p",
-            "agentmon-tests",
-            "--test",
-            "otlp",
-            "--",
-        ])
-        .args(filter);
-    sh(&mut c)
+    sh(build::test_target("otlp", &["--"]).args(filter))
 }
 
 /// A test target that loads the real programs (root).
@@ -140,22 +127,10 @@ fn root_tests(bin: &std::path::Path, target: &str, filter: &[String]) -> anyhow:
         );
         return Ok(());
     }
-    let mut c = clean_cargo(None);
-    c.current_dir(root())
-        .env("AGENTMON_EBPF_OBJECT", build::ebpf_object())
+    sh(build::test_target(target, &["--"])
         .env("AGENTMON_BIN", bin)
         .env("AGENTMON_CODEX_DIR", setup::codex_dir())
-        .args([
-            "test",
-            "--release",
-            "-p",
-            "agentmon-tests",
-            "--test",
-            target,
-            "--",
-        ])
-        .args(filter);
-    sh(&mut c)
+        .args(filter))
 }
 
 fn vm(bin: &std::path::Path, filter: &[String]) -> anyhow::Result<()> {

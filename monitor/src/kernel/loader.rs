@@ -181,13 +181,7 @@ pub fn attach_observers(ebpf: &mut Ebpf) -> Result<OpenSource, LoadError> {
         name: prog.to_string(),
         source,
     };
-    let p: &mut aya::programs::BtfTracePoint = ebpf
-        .program_mut(prog)
-        .ok_or_else(|| LoadError::NoProgram {
-            name: prog.to_string(),
-        })?
-        .try_into()
-        .map_err(err)?;
+    let p: &mut aya::programs::BtfTracePoint = program(ebpf, prog)?;
     p.load("sched_process_fork", &btf).map_err(err)?;
     p.attach().map_err(err)?;
     Ok(source)
@@ -204,13 +198,7 @@ pub fn attach_lsm(
         name: prog.to_string(),
         source,
     };
-    let p: &mut aya::programs::Lsm = ebpf
-        .program_mut(prog)
-        .ok_or_else(|| LoadError::NoProgram {
-            name: prog.to_string(),
-        })?
-        .try_into()
-        .map_err(err)?;
+    let p: &mut aya::programs::Lsm = program(ebpf, prog)?;
     p.load(hook, btf).map_err(err)?;
     p.attach().map_err(err)?;
     Ok(())
@@ -229,13 +217,7 @@ pub fn attach_cgroup(ebpf: &mut Ebpf, cgroup: &std::path::Path) -> Result<(), Lo
             name: prog.to_string(),
             source,
         };
-        let p: &mut aya::programs::CgroupSockAddr = ebpf
-            .program_mut(prog)
-            .ok_or_else(|| LoadError::NoProgram {
-                name: prog.to_string(),
-            })?
-            .try_into()
-            .map_err(err)?;
+        let p: &mut aya::programs::CgroupSockAddr = program(ebpf, prog)?;
         p.load().map_err(err)?;
         p.attach(&dir, aya::programs::CgroupAttachMode::Single)
             .map_err(err)?;
@@ -250,13 +232,7 @@ fn attach_fileops(ebpf: &mut Ebpf) -> Result<(), LoadError> {
         source,
     };
     {
-        let p: &mut TracePoint = ebpf
-            .program_mut(exit)
-            .ok_or_else(|| LoadError::NoProgram {
-                name: exit.to_string(),
-            })?
-            .try_into()
-            .map_err(err)?;
+        let p: &mut TracePoint = program(ebpf, exit)?;
         p.load().map_err(err)?;
     }
     for (sys, optional) in FILEOP_SYSCALLS {
@@ -278,6 +254,22 @@ fn attach_fileops(ebpf: &mut Ebpf) -> Result<(), LoadError> {
     Ok(())
 }
 
+/// The program `name` of the object, as type `P`.
+pub fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P, LoadError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| LoadError::NoProgram {
+            name: name.to_string(),
+        })?
+        .try_into()
+        .map_err(|source| LoadError::Program {
+            name: name.to_string(),
+            source,
+        })
+}
+
 fn attach_tracepoint(
     ebpf: &mut Ebpf,
     prog: &str,
@@ -288,13 +280,7 @@ fn attach_tracepoint(
         name: prog.to_string(),
         source,
     };
-    let p: &mut TracePoint = ebpf
-        .program_mut(prog)
-        .ok_or_else(|| LoadError::NoProgram {
-            name: prog.to_string(),
-        })?
-        .try_into()
-        .map_err(err)?;
+    let p: &mut TracePoint = program(ebpf, prog)?;
     p.load().map_err(err)?;
     p.attach(category, name).map_err(err)?;
     Ok(())

@@ -286,21 +286,10 @@ fn has_interpreter(elf: &[u8]) -> bool {
 
 /// Builds the `vm` test target and returns the executable cargo reports.
 fn build_test_binary() -> anyhow::Result<PathBuf> {
-    let json = output(
-        clean_cargo(None)
-            .current_dir(root())
-            .env("AGENTMON_EBPF_OBJECT", build::ebpf_object())
-            .args([
-                "test",
-                "--release",
-                "-p",
-                "agentmon-tests",
-                "--test",
-                "vm",
-                "--no-run",
-                "--message-format=json-render-diagnostics",
-            ]),
-    )?;
+    let json = output(&mut build::test_target(
+        "vm",
+        &["--no-run", "--message-format=json-render-diagnostics"],
+    ))?;
     json.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == "vm")
