@@ -3,18 +3,12 @@
 mod control;
 mod observe;
 
-use agentmon_tests::is_root;
-
 /// The helper binary that performs known operations.
 pub fn actor() -> &'static str {
     env!("CARGO_BIN_EXE_actor")
 }
 
 pub use agentmon_tests::require_root;
-
-pub fn root() -> bool {
-    is_root()
-}
 
 /// Loads and attaches every program of the shipped object on this kernel
 /// and prints the matrix; lsm/fentry are optional here (see

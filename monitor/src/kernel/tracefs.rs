@@ -51,6 +51,12 @@ pub fn tracefs_root() -> Result<PathBuf, TracefsError> {
 
 /// Offset of `field` in the record of tracepoint `category/name`.
 pub fn field_offset(category: &str, name: &str, field: &str) -> Result<u32, TracefsError> {
+    let (path, text) = read_format(category, name)?;
+    parse_field_offset(&path, &text, field)
+}
+
+/// The `format` file of tracepoint `category/name`: its path and text.
+fn read_format(category: &str, name: &str) -> Result<(PathBuf, String), TracefsError> {
     let path = tracefs_root()?
         .join("events")
         .join(category)
@@ -60,20 +66,13 @@ pub fn field_offset(category: &str, name: &str, field: &str) -> Result<u32, Trac
         path: path.clone(),
         source,
     })?;
-    parse_field_offset(&path, &text, field)
+    Ok((path, text))
 }
 
 /// Checks that a `syscalls:sys_enter_*` record holds its arguments as
 /// 8-byte slots from offset 16, as the programs read them.
 pub fn check_syscall_args(name: &str) -> Result<(), TracefsError> {
-    let path = tracefs_root()?
-        .join("events/syscalls")
-        .join(name)
-        .join("format");
-    let text = std::fs::read_to_string(&path).map_err(|source| TracefsError::Read {
-        path: path.clone(),
-        source,
-    })?;
+    let (path, text) = read_format("syscalls", name)?;
     parse_syscall_args(&path, &text)
 }
 
