@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod doctor;
+pub mod enforce;
 pub mod event;
 pub mod export;
 pub mod kernel;

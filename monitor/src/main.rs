@@ -62,6 +62,13 @@ enum Cmd {
         /// Parent cgroup of all sessions, below the cgroup2 mount [config: daemon.cgroup_parent].
         #[arg(long)]
         cgroup_parent: Option<String>,
+        /// Without BPF LSM, what file/exec rules in enforce mode do: refuse, audit or kill
+        /// [config: enforcement.fallback, default refuse].
+        #[arg(long)]
+        fallback: Option<monitor::enforce::Fallback>,
+        /// bpffs directory for pinned programs and maps [config: enforcement.pin_path].
+        #[arg(long)]
+        pin_path: Option<PathBuf>,
     },
     /// Run a command in a new agentmon session (the exit code passes through).
     Run {
@@ -120,6 +127,8 @@ fn main() -> anyhow::Result<()> {
             scope,
             group,
             cgroup_parent,
+            fallback,
+            pin_path,
         } => {
             let cfg = match config {
                 Some(p) => Config::load(&p)?,
@@ -131,6 +140,12 @@ fn main() -> anyhow::Result<()> {
             let mut cfg = cfg;
             if let Some(p) = store_path {
                 cfg.store.path = p;
+            }
+            if let Some(f) = fallback {
+                cfg.enforcement.fallback = f;
+            }
+            if let Some(p) = pin_path {
+                cfg.enforcement.pin_path = p;
             }
             let load = LoadOptions {
                 scope_mode: match scope {
@@ -173,6 +188,9 @@ fn main() -> anyhow::Result<()> {
         } => std::process::exit(client::hook_codex(&client_socket)),
         Cmd::Status { json } => client::status(&client_socket, json),
         Cmd::Events(args) => Ok(store::cli::run_events(&args)?),
+        Cmd::Policy {
+            cmd: monitor::policy::cli::PolicyCmd::Reload,
+        } => client::reload(&client_socket),
         Cmd::Policy { cmd } => std::process::exit(monitor::policy::cli::main(cmd)),
         Cmd::Doctor { json } => {
             let report = doctor::run();
