@@ -29,6 +29,7 @@ mod control;
 mod observe;
 
 /// Enforcement tests that need BPF LSM.
+mod bypass;
 mod enforce;
 
 /// Skips (outside the VM) or fails (inside) unless root and BPF LSM are
