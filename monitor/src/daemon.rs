@@ -330,9 +330,19 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             }
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-                drain(guard.get_inner_mut(), &mut st, &mut cache, &clock);
-                guard.clear_ready();
+                let more = {
+                    let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+                    drain(guard.get_inner_mut(), &mut st, &mut cache, &clock)
+                };
+                if more {
+                    // A flood: let the control socket take the lock
+                    // between batches (a plain re-lock would win the race
+                    // every time on one CPU).
+                    drop(guard);
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                } else {
+                    guard.clear_ready();
+                }
             }
             _ = drain_tick.tick() => {
                 let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
@@ -378,8 +388,32 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn drain(ring: &mut RingBuf<MapData>, st: &mut State, cache: &mut ProcCache, clock: &Clock) {
-    while let Some(item) = ring.next() {
+/// Most records handled per drain call: the state lock is released
+/// between batches, so a flood of events (a session hammering a denied
+/// file) never starves the control socket.
+const DRAIN_BUDGET: usize = 8192;
+
+/// Control requests waiting for the state lock; a drain in progress stops
+/// early for them.
+static CONTROL_WAITING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Reads up to [`DRAIN_BUDGET`] records; returns whether the ring may hold
+/// more.
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    st: &mut State,
+    cache: &mut ProcCache,
+    clock: &Clock,
+) -> bool {
+    let mut n = 0;
+    while n < DRAIN_BUDGET {
+        if n % 256 == 255 && CONTROL_WAITING.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            return true;
+        }
+        let Some(item) = ring.next() else {
+            return false;
+        };
+        n += 1;
         match event::decode(&item) {
             Ok(ev) => {
                 st.counters.events += 1;
@@ -415,6 +449,7 @@ fn drain(ring: &mut RingBuf<MapData>, st: &mut State, cache: &mut ProcCache, clo
             }
         }
     }
+    true
 }
 
 /// Adds the policy rule behind a kernel decision (`rule`, `rule_id`) and
@@ -597,7 +632,9 @@ async fn serve(stream: UnixStream, state: Arc<Mutex<State>>) {
     let reply = match cred {
         Ok(cred) => {
             let req = control::parse_request(&line);
+            CONTROL_WAITING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+            CONTROL_WAITING.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             st.counters.control_requests += 1;
             let r = match req {
                 Ok(req) => handle(

@@ -31,6 +31,7 @@ mod observe;
 /// Enforcement tests that need BPF LSM.
 mod bypass;
 mod enforce;
+mod reload;
 
 /// Skips (outside the VM) or fails (inside) unless root and BPF LSM are
 /// available.

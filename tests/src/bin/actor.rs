@@ -19,8 +19,8 @@
 //! into NAME with openat (creating the directories and FILE when
 //! `AGENTMON_CREATE` is set), then open FILE there: a path longer than
 //! PATH_MAX without ever passing one to the kernel.
-//! `actor denyloop SECS PATH` — open PATH for SECS seconds; prints
-//! `opened N denied M`.
+//! `actor denyloop SECS PATH [STOPFILE]` — open PATH for SECS seconds (or
+//! until STOPFILE exists); prints `opened N denied M`.
 
 use std::{
     ffi::CString,
@@ -256,7 +256,13 @@ fn main() {
             let secs: u64 = args[2].parse().unwrap();
             let start = std::time::Instant::now();
             let (mut opened, mut denied) = (0u64, 0u64);
+            let stop = args.get(4).map(std::path::PathBuf::from);
+            let mut i = 0u64;
             while start.elapsed().as_secs() < secs {
+                i += 1;
+                if i % 256 == 0 && stop.as_ref().is_some_and(|p| p.exists()) {
+                    break;
+                }
                 if try_open(&args[3]) == 0 {
                     opened += 1;
                 } else {
