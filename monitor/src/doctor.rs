@@ -65,7 +65,7 @@ pub fn run() -> Report {
         .and_then(|l| Ok((l, loader::load(&l, &LoadOptions::default())?)))
     {
         Ok((_layout, mut ebpf)) => {
-            let tp = loader::attach_observers(&mut ebpf);
+            let tp = loader::attach_observers(&mut ebpf, None);
             if let Ok(src) = &tp {
                 gaps = crate::daemon::coverage_gaps(src);
             }

@@ -32,6 +32,7 @@ mod observe;
 mod bypass;
 mod enforce;
 mod reload;
+mod restart;
 
 /// Skips (outside the VM) or fails (inside) unless root and BPF LSM are
 /// available.
