@@ -23,6 +23,9 @@ use monitor::{
 
 #[path = "../host/control.rs"]
 mod control;
+/// Network enforcement and the no-LSM fallback (skipped where LSM exists).
+#[path = "../host/enforce.rs"]
+mod host_enforce;
 /// The host tier's observability and control-socket tests, repeated on the
 /// VM kernels (where the LSM file_open hook is the open-event source).
 #[path = "../host/observe.rs"]
