@@ -2,6 +2,7 @@
 //! collect its JSON events, wait for them with deadlines (never fixed
 //! sleeps).
 
+pub mod codex;
 pub mod fake_model;
 
 use std::{

@@ -32,7 +32,9 @@ mod host_enforce;
 mod observe;
 
 /// Enforcement tests that need BPF LSM.
+mod bench;
 mod bypass;
+mod codex;
 mod enforce;
 mod reload;
 mod restart;
