@@ -56,10 +56,11 @@ pub struct KernelOffsets {
     /// Argument index of the `struct dentry *` of the `inode_setattr` LSM
     /// hook: 0 before 6.3, 1 after (an idmap argument was added first).
     pub setattr_dentry_arg: u32,
+    /// `super_block.s_magic` (an `unsigned long`).
+    pub sb_s_magic: u32,
     /// Non-zero once user space has filled the struct in; programs refuse to
     /// read kernel memory with an all-zero table.
     pub valid: u32,
-    pub _pad: u32,
 }
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 44 * 4);
 

@@ -295,6 +295,10 @@ pub mod reason {
     /// The file's inode is a known denied file reached by another name
     /// (a hard link).
     pub const INODE: u16 = 2;
+    /// A session process tried to move a process into a cgroup outside its
+    /// session (a write to another cgroup's `cgroup.procs` or
+    /// `cgroup.threads`). Denied whatever the policy says.
+    pub const SESSION_ESCAPE: u16 = 3;
 }
 
 pub mod net_op {

@@ -295,3 +295,54 @@ pub fn open_decision(scope: &Scope, slot: u32, cfg: &PolicyConfig, file: u64, b:
     );
     ret
 }
+
+const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
+
+/// True when `dentry` is the `cgroup.procs` or `cgroup.threads` file of a
+/// cgroup v2 directory outside the session rooted at `session_cgroup_id`:
+/// writing to it would move a process out of the session. (On cgroup v2 a
+/// directory's inode number is its cgroup id.)
+#[inline(always)]
+pub fn cgroup_escape(dentry: u64, session_cgroup_id: u64) -> bool {
+    let o = offsets();
+    let Ok(sb) = kread::ptr(dentry, o.dentry_d_sb) else {
+        return false;
+    };
+    if kread::at::<u64>(sb, o.sb_s_magic).unwrap_or(0) != CGROUP2_SUPER_MAGIC {
+        return false;
+    }
+    let qstr = dentry + o.dentry_d_name as u64;
+    let len = kread::at::<u32>(qstr, o.qstr_len).unwrap_or(0);
+    let Ok(name) = kread::ptr(qstr, o.qstr_name) else {
+        return false;
+    };
+    let Ok(head) = kread::at::<[u8; 14]>(name, 0) else {
+        return false;
+    };
+    let procs = len == 12 && head[..12] == *b"cgroup.procs";
+    let threads = len == 14 && head == *b"cgroup.threads";
+    if !procs && !threads {
+        return false;
+    }
+    let Ok(mut dir) = kread::ptr(dentry, o.dentry_d_parent) else {
+        return true;
+    };
+    let mut i = 0;
+    while i < 32 {
+        let ino = kread::ptr(dir, o.dentry_d_inode)
+            .and_then(|inode| kread::at::<u64>(inode, o.inode_i_ino))
+            .unwrap_or(0);
+        if ino == session_cgroup_id {
+            return false;
+        }
+        let Ok(parent) = kread::ptr(dir, o.dentry_d_parent) else {
+            return true;
+        };
+        if parent == dir {
+            return true;
+        }
+        dir = parent;
+        i += 1;
+    }
+    true
+}

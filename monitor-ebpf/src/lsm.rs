@@ -74,6 +74,10 @@ fn try_file_open(file: u64, scope: &Scope) -> Result<i32, i32> {
         return Err(-1);
     }
     let b = file_path(file)?;
+    if let Some(r) = escape_check(file, scope, &b) {
+        let _ = file::emit_open_built(file, scope, r as i64, open_syscall::LSM, &b);
+        return Ok(r);
+    }
     let ret = match lsm_policy(scope) {
         Some((slot, cfg)) if cfg.fs_mode != 0 => {
             enforce::open_decision(scope, slot, &cfg, file, &b)
@@ -82,6 +86,44 @@ fn try_file_open(file: u64, scope: &Scope) -> Result<i32, i32> {
     };
     let _ = file::emit_open_built(file, scope, ret as i64, open_syscall::LSM, &b);
     Ok(ret)
+}
+
+/// A session process may not move anything out of its session: a write
+/// open of another cgroup's `cgroup.procs`/`cgroup.threads` is denied
+/// whatever the policy says (sessions without a policy included).
+#[inline(always)]
+fn escape_check(file: u64, scope: &Scope, b: &Built) -> Option<i32> {
+    if scope.session_cgroup_id == 0 {
+        return None;
+    }
+    let o = offsets();
+    let f_flags = kread::at::<u32>(file, o.file_f_flags).ok()?;
+    if f_flags & 3 == 0 {
+        return None;
+    }
+    let dentry = kread::ptr(file + o.file_f_path as u64, o.path_dentry).ok()?;
+    if !enforce::cgroup_escape(dentry, scope.session_cgroup_id) {
+        return None;
+    }
+    let generation = scope
+        .slot()
+        .and_then(enforce::policy)
+        .map(|c| c.generation)
+        .unwrap_or(0);
+    enforce::emit_denial(
+        scope,
+        &Denial {
+            generation,
+            ret: EACCES,
+            access: access::WRITE,
+            verdict: monitor_common::verdict::DENIED,
+            dfa: 0,
+            reason: monitor_common::reason::SESSION_ESCAPE,
+            arg: f_flags,
+        },
+        b,
+    );
+    Some(EACCES)
 }
 
 #[lsm(hook = "bprm_check_security")]

@@ -598,6 +598,15 @@ fn drain(
 /// the policy's name, re-matched against the policy of the generation that
 /// decided.
 fn name_rule(enf: &Enforcement, session_id: &str, ev: &event::Event, v: &mut Value) {
+    if let (event::Event::Policy(p), Value::Object(m)) = (ev, &mut *v) {
+        if p.reason == "session_escape" {
+            m.insert(
+                "rule".into(),
+                json!("session: a session process cannot move a process out of its session's cgroups"),
+            );
+            return;
+        }
+    }
     let Some(sp) = enf.sessions.get(session_id) else {
         return;
     };

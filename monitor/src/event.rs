@@ -142,8 +142,8 @@ pub struct PolicyDecision {
     pub path: String,
     pub path_truncated: bool,
     /// `path` (a rule matched), `path_unresolved` (fail closed: the path
-    /// could not be built in full) or `inode` (another name of a denied
-    /// file).
+    /// could not be built in full), `inode` (another name of a denied
+    /// file) or `session_escape` (a move out of the session's cgroups).
     pub reason: &'static str,
     /// What the hook returned (`-13` = EACCES, 0 in audit mode).
     pub ret: i32,
@@ -425,6 +425,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 reason: match e.reason {
                     r::PATH_UNRESOLVED => "path_unresolved",
                     r::INODE => "inode",
+                    r::SESSION_ESCAPE => "session_escape",
                     _ => "path",
                 },
                 ret: e.ret,

@@ -250,17 +250,20 @@ fn agent_tags_follow_the_process_tree() {
 }
 
 /// 10,000 short execs in one session: every exec is an event or a counted
-/// loss, never silently missing.
+/// loss, never silently missing. (Repeated in the VM tier with 2,000:
+/// under full emulation 10,000 take ~7 minutes per kernel, and the point
+/// there is the same accounting on other kernels.)
 #[test]
 fn ten_thousand_execs_are_all_accounted_for() {
     require_root!();
+    let n: u64 = if agentmon_tests::in_vm() { 2_000 } else { 10_000 };
     let mut d = Daemon::start(&[]);
     let m = marker("storm");
     let before = d.status()["kernel_counters"]["ringbuf_full"]
         .as_u64()
         .unwrap();
     let st = d
-        .run_in_session(&m, &[actor(), "spawn", "10000", "/bin/true", &m])
+        .run_in_session(&m, &[actor(), "spawn", &n.to_string(), "/bin/true", &m])
         .status()
         .unwrap();
     assert!(st.success());
@@ -278,13 +281,13 @@ fn ten_thousand_execs_are_all_accounted_for() {
         .as_u64()
         .unwrap()
         - before;
-    eprintln!("10k execs: {seen} events, {lost} ring-buffer drops counted");
+    eprintln!("{n} execs: {seen} events, {lost} ring-buffer drops counted");
     assert!(
-        seen + lost >= 10_000,
-        "{seen} events + {lost} counted losses < 10000 execs"
+        seen + lost >= n,
+        "{seen} events + {lost} counted losses < {n} execs"
     );
     if lost == 0 {
-        assert_eq!(seen, 10_000);
+        assert_eq!(seen, n);
     }
 }
 

@@ -178,3 +178,40 @@ fn prototype_bypasses_are_closed() {
     let _ = holder.wait();
     let _ = holder2.wait();
 }
+
+/// A root process in a session cannot move itself (or anything) into a
+/// cgroup outside its session, even in a session without a policy; child
+/// cgroups of the session stay allowed (see above).
+#[test]
+fn root_session_process_cannot_leave_its_session() {
+    require_lsm!();
+    let mut d = Daemon::start(&[]);
+    let m = marker("esc");
+    let id = format!("{m}-s");
+    let script = r#"cg=$(awk '$3=="cgroup2"{print $2; exit}' /proc/self/mounts); (echo $$ > "$cg/cgroup.procs") 2>&1; echo "rc=$?"; echo "now=$(sed -n 's/^0:://p' /proc/self/cgroup)""#;
+    let out = d
+        .cli()
+        .args(["run", "-q", "--session", &id, "--", "sh", "-c", script])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Permission denied"), "{text}");
+    assert!(!text.contains("rc=0"), "{text}");
+    let now = text.lines().find_map(|l| l.strip_prefix("now=")).unwrap_or("");
+    assert!(now.contains(&id), "the process left its session: {text}");
+    d.wait_session_end(&id, T);
+    let rec = d
+        .seen
+        .iter()
+        .find(|v| v["kind"] == "policy" && v["session_id"] == id.as_str())
+        .expect("a denial record for the escape");
+    assert_eq!(rec["reason"], "session_escape");
+    assert_eq!(rec["decision"], "denied");
+    assert!(rec["path"].as_str().unwrap().ends_with("/cgroup.procs"), "{rec}");
+
+    // The same write outside every session works (this process's cgroup
+    // is already the root here, so it changes nothing).
+    let out = std::process::Command::new("sh").arg("-c").arg(script).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("rc=0"), "{text}");
+}

@@ -170,8 +170,8 @@ impl KernelBtf {
             file_f_inode: m("file", "f_inode")?,
             binprm_file: m("linux_binprm", "file")?,
             setattr_dentry_arg: self.setattr_dentry_arg(),
+            sb_s_magic: m("super_block", "s_magic")?,
             valid: 1,
-            _pad: 0,
         })
     }
 
