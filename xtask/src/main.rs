@@ -27,6 +27,10 @@ enum Cmd {
         /// Also install the Codex CLI for the end-to-end tier.
         #[arg(long)]
         e2e: bool,
+        /// Also install the peer tools of `cargo xtask bench` (auditd,
+        /// bpftrace from Debian's packages).
+        #[arg(long)]
+        bench: bool,
     },
     /// Build the eBPF object only.
     BuildEbpf,
@@ -54,13 +58,14 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Setup { vm, e2e } => setup::run(setup::Needs { vm, e2e }),
+        Cmd::Setup { vm, e2e, bench } => setup::run(setup::Needs { vm, e2e, bench }),
         Cmd::BuildEbpf => build::ebpf(),
         Cmd::Build { debug } => build::all(!debug).map(|_| ()),
         Cmd::Run { args } => {
             setup::run(setup::Needs {
                 vm: false,
                 e2e: false,
+                bench: false,
             })?;
             let bin = build::all(true)?;
             // The daemon loads eBPF programs: run it through sudo when not root.

@@ -18,6 +18,8 @@ pub struct Needs {
     pub vm: bool,
     /// The Codex CLI from the npm registry, for the end-to-end tier.
     pub e2e: bool,
+    /// Peer tools `cargo xtask bench` compares against: auditd, bpftrace.
+    pub bench: bool,
 }
 
 /// Codex CLI version the end-to-end test drives (CODEX.md).
@@ -29,6 +31,11 @@ fn debian_packages(needs: &Needs) -> Vec<&'static str> {
     if needs.vm {
         p.extend(["qemu-system-x86", "cpio", "xz-utils"]);
     }
+    if needs.bench {
+        // Installing auditd does not start it here (no init system runs
+        // it in containers); the bench starts and stops its own auditd.
+        p.extend(["auditd", "bpftrace"]);
+    }
     p
 }
 
@@ -36,7 +43,11 @@ pub fn run(needs: Needs) -> anyhow::Result<()> {
     nightly()?;
     rust_src()?;
     bpf_linker()?;
+    let fresh_auditd = needs.bench && !dpkg_installed("auditd");
     apt(&debian_packages(&needs))?;
+    if fresh_auditd {
+        quiet_auditd();
+    }
     if needs.vm {
         rust_target(VM_INIT_TARGET)?;
     }
@@ -239,6 +250,33 @@ fn bpf_linker() -> anyhow::Result<()> {
         .env_remove("CARGO_TARGET_DIR"))?;
     std::fs::write(&marker, want)?;
     Ok(())
+}
+
+/// Debian starts and enables auditd when the package is installed on a
+/// systemd host. The benchmarks run their own auditd only for their rows,
+/// so one started by this installation is stopped, disabled and its rules
+/// deleted: it must not slow down everything else.
+fn quiet_auditd() {
+    let active = Command::new("systemctl")
+        .args(["is-active", "--quiet", "auditd"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if active {
+        say(
+            "auditd",
+            "installed; stopping and disabling the service the package started (the bench runs its own)",
+        );
+        let _ = Command::new("systemctl")
+            .args(["disable", "--now", "auditd"])
+            .status();
+        let _ = Command::new("auditctl").arg("-D").output();
+        let _ = Command::new("auditctl").args(["-e", "0"]).output();
+    } else {
+        say(
+            "auditd",
+            "installed (not running; the bench starts its own)",
+        );
+    }
 }
 
 fn dpkg_installed(pkg: &str) -> bool {

@@ -44,6 +44,7 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     setup::run(setup::Needs {
         vm: tiers.contains(&Tier::Vm),
         e2e: tiers.contains(&Tier::E2e),
+        bench: false,
     })?;
     let mut times: Vec<(Tier, Duration, Result<(), String>)> = Vec::new();
     let bin = build::all(true)?;

@@ -8,6 +8,12 @@
 //! `actor udp PORT` — one UDP datagram to 127.0.0.1:PORT.
 //! `actor spawn N PROG [ARGS]` — fork+exec PROG N times, one after another.
 //! `actor uring-open PATH` — one io_uring `IORING_OP_OPENAT` of PATH.
+//! `actor openloop N PATH` — N open+close pairs; prints mean ns per pair.
+//! `actor openrate RATE SECS PATH` — open+close pairs paced at RATE per
+//! second (0: as fast as possible) for SECS; prints `pairs elapsed_ns`.
+//! `actor execrate RATE SECS PROG [ARGS]` — fork+exec PROG at RATE per second.
+//! `actor timeit N PREP CMD [ARGS]` — runs the shell command PREP (untimed,
+//! skipped when empty), then CMD, N times; prints the median ns of CMD.
 //!
 //! Enforcement probes print `result ok` or `result errno=N` instead of
 //! failing:
@@ -135,6 +141,66 @@ fn main() {
                 }
             }
             println!("{}", start.elapsed().as_nanos() as u64 / n.max(1));
+        }
+        Some("openrate") => {
+            let rate: u64 = args[2].parse().unwrap();
+            let secs: u64 = args[3].parse().unwrap();
+            let path = CString::new(args[4].as_str()).unwrap();
+            let dur = std::time::Duration::from_secs(secs);
+            let start = std::time::Instant::now();
+            let mut n = 0u64;
+            loop {
+                let elapsed = start.elapsed();
+                if elapsed >= dur {
+                    break;
+                }
+                // Catch up to the target count in small bursts, then sleep
+                // out the rest of a 1 ms slot.
+                let due = if rate == 0 {
+                    n + 1024
+                } else {
+                    (rate as u128 * elapsed.as_nanos() / 1_000_000_000) as u64 + 1
+                };
+                if n >= due {
+                    std::thread::sleep(std::time::Duration::from_micros(500));
+                    continue;
+                }
+                let burst = due.min(n + 4096) - n;
+                for _ in 0..burst {
+                    // SAFETY: plain syscalls on a valid C string.
+                    unsafe {
+                        let fd = libc::open(path.as_ptr(), libc::O_RDONLY);
+                        assert!(fd >= 0, "open");
+                        libc::close(fd);
+                    }
+                    n += 1;
+                }
+            }
+            println!("{n} {}", start.elapsed().as_nanos());
+        }
+        Some("timeit") => {
+            let n: usize = args[2].parse().unwrap();
+            let mut times = Vec::with_capacity(n);
+            for _ in 0..n {
+                if !args[3].is_empty() {
+                    let st = Command::new("sh")
+                        .args(["-c", &args[3]])
+                        .stdout(std::process::Stdio::null())
+                        .status()
+                        .expect("prep");
+                    assert!(st.success(), "prep `{}` failed", args[3]);
+                }
+                let t = std::time::Instant::now();
+                let st = Command::new(&args[4])
+                    .args(&args[5..])
+                    .stdout(std::process::Stdio::null())
+                    .status()
+                    .expect("spawn");
+                times.push(t.elapsed().as_nanos() as u64);
+                assert!(st.success(), "{} failed: {st}", args[4]);
+            }
+            times.sort_unstable();
+            println!("{}", times[times.len() / 2]);
         }
         Some("execrate") => {
             // Fork+exec PROG at RATE per second for SECS seconds (paced).
@@ -272,7 +338,7 @@ fn main() {
             println!("opened {opened} denied {denied}");
         }
         _ => {
-            eprintln!("usage: actor opens DIR | tcp PORT | udp PORT | spawn N PROG [ARGS] | exec PROG [ARGS]");
+            eprintln!("usage: actor opens DIR | tcp PORT | udp PORT | spawn N PROG [ARGS] | exec PROG [ARGS] | uring-open PATH | openloop N PATH | openrate RATE SECS PATH | execrate RATE SECS PROG [ARGS] | timeit N PREP CMD [ARGS]");
             std::process::exit(2);
         }
     }

@@ -53,6 +53,7 @@ pub fn run(args: VmArgs) -> anyhow::Result<()> {
     setup::run(setup::Needs {
         vm: true,
         e2e: true,
+        bench: false,
     })?;
     let bin = build::all(true)?;
     run_built(&bin, &args)
