@@ -38,7 +38,7 @@ fn enforcement_survives_kill9_and_is_adopted_after_restart() {
     let w = workspace(&m);
     let policy = policy_file(&w.with_extension("pol"), "enforce");
     let id = format!("{m}-s");
-    let script = "for n in 1 2; do \
+    let script = "touch started; for n in 1 2; do \
         while [ ! -e go$n ]; do sleep 0.05; done; \
         cat .env > out$n 2> err$n; echo $? > rc$n.tmp; mv rc$n.tmp rc$n; \
         done";
@@ -56,6 +56,12 @@ fn enforcement_survives_kill9_and_is_adopted_after_restart() {
     d.wait_for("session start", T, |v| {
         v["kind"] == "session_start" && v["session_id"] == id.as_str()
     });
+    // The command runs only once `agentmon run` got the daemon's reply.
+    let deadline = Instant::now() + T;
+    while !w.join("started").exists() {
+        assert!(Instant::now() < deadline, "the session's command never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     d.kill9_and_restart(|| {
         // No daemon at all now: the pinned LSM programs still decide.
