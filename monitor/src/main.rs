@@ -91,5 +91,12 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Summary(args) => std::process::exit(store::summary::main(&args)),
+        Cmd::GenerateAssets { dir } => {
+            for f in monitor::cli::write_assets(&dir)? {
+                println!("{}", f.display());
+            }
+            Ok(())
+        }
     }
 }
