@@ -167,6 +167,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     setup::run(setup::Needs {
         vm: false,
         e2e: false,
+        package: false,
     })?;
     let bin = build::all(true)?;
     let step = Step::new("build bench helper");

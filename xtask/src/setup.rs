@@ -18,6 +18,8 @@ pub struct Needs {
     pub vm: bool,
     /// The Codex CLI from the npm registry, for the end-to-end tier.
     pub e2e: bool,
+    /// debootstrap and the .deb tools, for the package tier.
+    pub package: bool,
 }
 
 /// Codex CLI version the end-to-end test drives (CODEX.md).
@@ -28,6 +30,11 @@ fn debian_packages(needs: &Needs) -> Vec<&'static str> {
     let mut p = vec![];
     if needs.vm {
         p.extend(["qemu-system-x86", "cpio", "xz-utils"]);
+    }
+    if needs.package {
+        // dpkg-deb and strip/objdump are on every Debian build host;
+        // debootstrap makes the test chroot.
+        p.extend(["debootstrap", "binutils", "xz-utils"]);
     }
     p
 }

@@ -52,6 +52,7 @@ pub fn run(args: VmArgs) -> anyhow::Result<()> {
     setup::run(setup::Needs {
         vm: true,
         e2e: false,
+        package: false,
     })?;
     let bin = build::all(true)?;
     run_built(&bin, &args)
