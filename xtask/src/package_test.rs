@@ -344,15 +344,14 @@ fn checks(ch: &Chroot, deb: &Path) -> anyhow::Result<()> {
     );
     step.done();
 
-    // The daemon as the unit's ExecStart starts it.
-    let exec_start = unit_exec_start(&fs::read_to_string(
-        ch.path("/lib/systemd/system/agentmon.service"),
-    )?)?;
-    let step = Step::new(format!("package: daemon `{exec_start}` and sessions"));
+    // The daemon as the unit starts it: its ExecStart, with root's
+    // capabilities cut to the unit's bounding set.
+    let unit = fs::read_to_string(ch.path("/lib/systemd/system/agentmon.service"))?;
+    let step = Step::new("package: the daemon as the unit runs it, and sessions");
     let cg = cgroup2_mount()?;
     let parent = cg.join("agentmon");
     let parent_existed = parent.exists();
-    let mut daemon = start_daemon(ch, &exec_start)?;
+    let mut daemon = start_daemon(ch, &unit)?;
     // Pins: the daemon pins its enforcement under /sys/fs/bpf/agentmon
     // when it has any; the directory stands in for them otherwise, so the
     // remove/purge checks below always have something to check.
@@ -494,8 +493,37 @@ fn unit_exec_start(unit: &str) -> anyhow::Result<String> {
     }
 }
 
-fn start_daemon(ch: &Chroot, exec_start: &str) -> anyhow::Result<Daemon> {
-    let argv: Vec<&str> = exec_start.split_whitespace().collect();
+/// `setpriv` arguments that give root only the unit's
+/// `CapabilityBoundingSet=` (and `NoNewPrivileges=`), as systemd would.
+fn unit_privileges(unit: &str) -> anyhow::Result<Vec<String>> {
+    let value = |key: &str| {
+        unit.lines()
+            .filter_map(|l| l.trim().strip_prefix(key))
+            .last()
+            .map(str::trim)
+    };
+    let caps = value("CapabilityBoundingSet=").context("the unit sets no CapabilityBoundingSet")?;
+    let mut set = String::from("-all");
+    for c in caps.split_whitespace() {
+        let c = c
+            .strip_prefix("CAP_")
+            .with_context(|| format!("capability {c:?} lacks CAP_"))?;
+        set.push_str(&format!(",+{}", c.to_ascii_lowercase()));
+    }
+    let mut args = vec!["setpriv".to_string(), format!("--bounding-set={set}")];
+    if value("NoNewPrivileges=") == Some("yes") {
+        args.push("--no-new-privs".into());
+    }
+    args.push("--".into());
+    Ok(args)
+}
+
+fn start_daemon(ch: &Chroot, unit: &str) -> anyhow::Result<Daemon> {
+    let exec_start = unit_exec_start(unit)?;
+    let mut argv = unit_privileges(unit)?;
+    argv.extend(exec_start.split_whitespace().map(str::to_string));
+    eprintln!("package: starting {}", argv.join(" "));
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let log = ch.path("/tmp/agentmon-daemon.log");
     let f = fs::File::create(&log)?;
     // RuntimeDirectory= and StateDirectory= would be made by systemd.
@@ -609,5 +637,10 @@ mod tests {
             "/usr/bin/agentmon daemon --config /etc/agentmon/agentmon.toml"
         );
         assert!(unit_exec_start("[Service]\n").is_err());
+        let p = unit_privileges(&unit).unwrap();
+        assert_eq!(p[0], "setpriv");
+        assert!(p[1].starts_with("--bounding-set=-all,+bpf,"), "{p:?}");
+        assert!(p.contains(&"--no-new-privs".to_string()), "{p:?}");
+        assert!(!p[1].contains("sys_resource"), "{p:?}");
     }
 }
