@@ -499,7 +499,7 @@ fn unit_privileges(unit: &str) -> anyhow::Result<Vec<String>> {
     let value = |key: &str| {
         unit.lines()
             .filter_map(|l| l.trim().strip_prefix(key))
-            .last()
+            .next_back()
             .map(str::trim)
     };
     let caps = value("CapabilityBoundingSet=").context("the unit sets no CapabilityBoundingSet")?;
