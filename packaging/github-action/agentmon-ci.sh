@@ -47,15 +47,18 @@ say "installing $deb"
 # non-root caller gets a drop-in that names its primary group.
 started_here=""
 group=$(id -gn)
-group_args=()
+daemon_args=()
 if [ "$(id -u)" -ne 0 ]; then
-    group_args=(--group "$group")
+    daemon_args=(--group "$group")
 fi
+# Extra daemon arguments ($AGENTMON_DAEMON_ARGS, split on white space).
+read -r -a extra <<<"${AGENTMON_DAEMON_ARGS:-}"
+daemon_args+=("${extra[@]}")
 if [ -d /run/systemd/system ]; then
-    if [ ${#group_args[@]} -gt 0 ]; then
+    if [ ${#daemon_args[@]} -gt 0 ]; then
         "${sudo[@]}" mkdir -p /etc/systemd/system/agentmon.service.d
-        printf '[Service]\nExecStart=\nExecStart=/usr/bin/agentmon daemon --config /etc/agentmon/agentmon.toml --group %s\n' "$group" |
-            "${sudo[@]}" tee /etc/systemd/system/agentmon.service.d/ci-group.conf >/dev/null
+        printf '[Service]\nExecStart=\nExecStart=/usr/bin/agentmon daemon --config /etc/agentmon/agentmon.toml %s\n' "${daemon_args[*]}" |
+            "${sudo[@]}" tee /etc/systemd/system/agentmon.service.d/ci.conf >/dev/null
         "${sudo[@]}" systemctl daemon-reload
     fi
     "${sudo[@]}" systemctl restart agentmon.service || {
@@ -65,7 +68,7 @@ if [ -d /run/systemd/system ]; then
 else
     log=$(mktemp /tmp/agentmon-daemon.XXXXXX.log)
     say "no running systemd: starting the daemon in the background (log: $log)"
-    "${sudo[@]}" /usr/bin/agentmon daemon --config /etc/agentmon/agentmon.toml "${group_args[@]}" >"$log" 2>&1 &
+    "${sudo[@]}" /usr/bin/agentmon daemon --config /etc/agentmon/agentmon.toml "${daemon_args[@]}" >"$log" 2>&1 &
     started_here=$!
 fi
 for _ in $(seq 1 300); do
