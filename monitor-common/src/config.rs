@@ -45,12 +45,23 @@ pub struct KernelOffsets {
     /// `sizeof(struct upid)`.
     pub upid_size: u32,
     pub upid_nr: u32,
+    pub dentry_d_inode: u32,
+    pub dentry_d_sb: u32,
+    pub inode_i_ino: u32,
+    pub inode_i_nlink: u32,
+    pub sb_s_dev: u32,
+    pub file_f_inode: u32,
+    /// `linux_binprm.file`.
+    pub binprm_file: u32,
+    /// Argument index of the `struct dentry *` of the `inode_setattr` LSM
+    /// hook: 0 before 6.3, 1 after (an idmap argument was added first).
+    pub setattr_dentry_arg: u32,
     /// Non-zero once user space has filled the struct in; programs refuse to
     /// read kernel memory with an all-zero table.
     pub valid: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 36 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 44 * 4);
 
 /// Scope modes (value of the `SCOPE_MODE` global).
 pub mod scope {
@@ -121,6 +132,40 @@ pub struct InodeOffsets {
 }
 const _: () = assert!(core::mem::size_of::<InodeOffsets>() == 24);
 
+/// Key of the `FS_ROOTS` map: the root dentry a path walk ended at,
+/// identified by its super block's device and its inode number.
+pub type FsRootKey = InodeKey;
+
+/// Longest mount point prefix carried by [`FsRoot`].
+pub const FS_ROOT_PREFIX_BYTES: usize = 256;
+
+/// Value of the `FS_ROOTS` map: where a file system root (or a btrfs-style
+/// disconnected subvolume root) is mounted in the daemon's (the initial)
+/// mount namespace. Paths used for policy decisions are "identity paths":
+/// the dentry chain up to the file system root, prefixed with this mount
+/// point, so that a session process cannot alias a denied file by a bind
+/// mount, a chroot or a mount namespace of its own.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FsRoot {
+    /// Bytes used in `prefix` (0 for the root file system: no prefix).
+    pub len: u32,
+    pub _pad: u32,
+    /// The mount point, without a trailing slash.
+    pub prefix: [u8; FS_ROOT_PREFIX_BYTES],
+}
+const _: () = assert!(core::mem::size_of::<FsRoot>() == 8 + FS_ROOT_PREFIX_BYTES);
+
+impl Default for FsRoot {
+    fn default() -> Self {
+        Self {
+            len: 0,
+            _pad: 0,
+            prefix: [0; FS_ROOT_PREFIX_BYTES],
+        }
+    }
+}
+
 /// Key of the `DENY_INODES` map: a file identity as the kernel sees it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -144,4 +189,5 @@ mod pod {
     // SAFETY: repr(C) structs of u32/u64 fields, explicit padding.
     unsafe impl aya::Pod for super::InodeOffsets {}
     unsafe impl aya::Pod for super::InodeKey {}
+    unsafe impl aya::Pod for super::FsRoot {}
 }

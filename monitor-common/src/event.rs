@@ -15,6 +15,9 @@ pub mod kind {
     pub const FILE_OPEN: u16 = 4;
     pub const NET_CONNECT: u16 = 5;
     pub const FILE_OP: u16 = 6;
+    /// A policy decision that denied (or, in audit mode, would have
+    /// denied) a file or exec access: [`super::PolicyEvent`].
+    pub const POLICY: u16 = 7;
 }
 
 /// Header flags.
@@ -35,6 +38,9 @@ pub mod flags {
     pub const ENV_SCAN_CUT: u16 = 1 << 6;
     /// The process predates the daemon: no kernel state, tags unknown here.
     pub const NO_PROC_STATE: u16 = 1 << 7;
+    /// The path's file system root is not mounted in the daemon's mount
+    /// namespace: the path is relative to that file system's root.
+    pub const PATH_UNKNOWN_ROOT: u16 = 1 << 8;
 }
 
 /// Largest filename (bytes, without NUL) carried by an exec record.
@@ -224,8 +230,72 @@ pub struct NetEvent {
     pub op: u8,
     /// One of [`verdict`].
     pub verdict: u8,
+    /// ID of the network rule that decided (`u32::MAX`: the default).
+    pub rule_id: u32,
+    /// Policy generation that decided (0: no policy).
+    pub generation: u32,
 }
-const _: () = assert!(core::mem::size_of::<NetEvent>() == 88);
+const _: () = assert!(core::mem::size_of::<NetEvent>() == 96);
+
+/// A policy decision against a file or exec access, made in an LSM hook
+/// (or, without BPF LSM, in a syscall tracepoint in audit or kill mode).
+/// Followed by `path_len` bytes of the identity path the decision was made
+/// on. The rule is recovered in user space by re-matching the path against
+/// the session's policy of this `generation`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyEvent {
+    pub header: EventHeader,
+    /// Policy generation whose tables decided.
+    pub generation: u32,
+    /// What the hook returned: `-EACCES`, or 0 in audit mode.
+    pub ret: i32,
+    /// One of [`access`].
+    pub access: u16,
+    /// One of [`verdict`] (`DENIED`, `WOULD_DENY`, `KILLED`).
+    pub verdict: u8,
+    /// DFA verdict bits (`monitor_common::policy::verdict`), plus
+    /// [`reason`] bits.
+    pub dfa: u8,
+    pub path_len: u16,
+    /// One of [`reason`].
+    pub reason: u16,
+    /// Open flags (`O_*`) for opens, the new mode for setattr, else 0.
+    pub arg: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<PolicyEvent>() == 88);
+
+/// Accesses carried in [`PolicyEvent::access`].
+pub mod access {
+    pub const READ: u16 = 1;
+    pub const WRITE: u16 = 2;
+    pub const EXEC: u16 = 3;
+    pub const CREATE: u16 = 4;
+    pub const MKDIR: u16 = 5;
+    pub const UNLINK: u16 = 6;
+    pub const RMDIR: u16 = 7;
+    pub const RENAME_FROM: u16 = 8;
+    pub const RENAME_TO: u16 = 9;
+    pub const LINK: u16 = 10;
+    pub const SYMLINK: u16 = 11;
+    pub const SETATTR: u16 = 12;
+    pub const MKNOD: u16 = 13;
+    /// Creating a hard link whose source is unreadable under deny_read.
+    pub const LINK_SOURCE: u16 = 14;
+}
+
+/// Why a decision was made, besides a DFA match ([`PolicyEvent::reason`]).
+pub mod reason {
+    /// The DFA verdict of the path.
+    pub const PATH: u16 = 0;
+    /// The path could not be built in full (too long, too deep, or a read
+    /// failed): session processes fail closed.
+    pub const PATH_UNRESOLVED: u16 = 1;
+    /// The file's inode is a known denied file reached by another name
+    /// (a hard link).
+    pub const INODE: u16 = 2;
+}
 
 pub mod net_op {
     pub const CONNECT: u8 = 1;
@@ -237,6 +307,9 @@ pub mod verdict {
     pub const ALLOWED: u8 = 0;
     pub const DENIED: u8 = 1;
     pub const WOULD_DENY: u8 = 2;
+    /// Without BPF LSM, `fallback = "kill"`: the process was sent SIGKILL
+    /// after the access.
+    pub const KILLED: u8 = 3;
 }
 
 /// Slots of the per-CPU `COUNTERS` array.
@@ -253,6 +326,11 @@ pub mod counter {
     pub const PATH_FAILED: u32 = 4;
     /// `PROCS` had no entry for a session process (predates the daemon).
     pub const NO_PROC_STATE: u32 = 5;
+    /// Policy decisions that denied (or would have denied) an access.
+    pub const POLICY_DENIALS: u32 = 6;
+    /// A session had a policy slot whose tables were missing or invalid:
+    /// the access was denied (fail closed).
+    pub const POLICY_MISSING: u32 = 7;
     /// Number of counter slots.
     pub const COUNT: u32 = 8;
 }
@@ -267,4 +345,5 @@ mod pod {
     unsafe impl aya::Pod for super::FileOpenEvent {}
     unsafe impl aya::Pod for super::NetEvent {}
     unsafe impl aya::Pod for super::FileOpEvent {}
+    unsafe impl aya::Pod for super::PolicyEvent {}
 }

@@ -78,10 +78,44 @@ pub mod verdict {
 
 /// Enforcement modes of a policy section (values of the `*_mode` fields).
 pub mod mode {
+    /// No decision at all (the section is not enforced by this backend).
+    pub const OFF: u8 = 0;
     /// Decide and deny.
     pub const ENFORCE: u8 = 1;
     /// Decide, report the would-be denial, allow.
     pub const AUDIT: u8 = 2;
+    /// Without BPF LSM (`fallback = "kill"`): decide after the fact in a
+    /// syscall tracepoint and SIGKILL the process.
+    pub const KILL: u8 = 3;
+}
+
+/// Number of policy slots (entries of the kernel's `DFA_SLOTS` and
+/// `POLICY` arrays). Every session with a policy owns one slot; a reload
+/// writes a free slot and then switches the session to it, so a reader
+/// sees either the old or the new tables, never a mix.
+pub const MAX_POLICY_SLOTS: u32 = 16;
+
+/// The value of the kernel's `SESSIONS` map: the session's policy slot.
+pub mod session_value {
+    /// The session has no policy (observe only).
+    pub const NO_POLICY: u32 = 0;
+
+    /// The value for a session whose policy lives in `slot`.
+    #[inline(always)]
+    pub const fn with_slot(slot: u32) -> u32 {
+        (slot & 0xffff) + 1
+    }
+
+    /// The policy slot of a session value, if any.
+    #[inline(always)]
+    pub const fn slot(v: u32) -> Option<u32> {
+        let s = v & 0xffff;
+        if s == 0 {
+            None
+        } else {
+            Some(s - 1)
+        }
+    }
 }
 
 /// Header of [`DfaTables`].
@@ -167,6 +201,26 @@ pub struct LpmKey {
 }
 const _: () = assert!(core::mem::size_of::<LpmKey>() == 20);
 
+/// Data of the kernel's network LPM trie key: the policy slot
+/// (big-endian, the leading 32 bits of every prefix) followed by the
+/// address of an [`LpmKey`]. The trie key's prefix length is
+/// `32 + LpmKey::prefixlen`.
+#[inline(always)]
+pub const fn slot_lpm_data(slot: u32, addr: &[u8; 16]) -> [u8; 20] {
+    let s = slot.to_be_bytes();
+    let mut d = [0u8; 20];
+    d[0] = s[0];
+    d[1] = s[1];
+    d[2] = s[2];
+    d[3] = s[3];
+    let mut i = 0;
+    while i < 16 {
+        d[4 + i] = addr[i];
+        i += 1;
+    }
+    d
+}
+
 /// Largest number of items in one [`NetEntry`] (rules of the prefix itself
 /// plus those pushed down from covering prefixes).
 pub const NET_MAX_ITEMS: usize = 8;
@@ -242,8 +296,13 @@ pub struct PolicyConfig {
     pub net_default: u8,
     /// Same as `DfaHeader::policy_hash`.
     pub policy_hash: u64,
+    /// Non-zero when file and exec decisions are made in syscall
+    /// tracepoints (no BPF LSM on this kernel: audit or kill fallback)
+    /// rather than in the LSM hooks.
+    pub tracepoint_decisions: u8,
+    pub _pad: [u8; 7],
 }
-const _: () = assert!(core::mem::size_of::<PolicyConfig>() == 16);
+const _: () = assert!(core::mem::size_of::<PolicyConfig>() == 24);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -9,9 +9,12 @@
 use core::mem::size_of;
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use monitor_common::{kind, open_syscall, FileOpenEvent, MAX_PATH_BYTES, SCRATCH_BYTES};
+use monitor_common::{
+    kind, open_syscall, policy::mode, FileOpenEvent, MAX_PATH_BYTES, SCRATCH_BYTES,
+};
 
 use crate::{
+    enforce,
     header::{self, current_task},
     kread,
     maps::{offsets, tp_offsets},
@@ -68,16 +71,32 @@ fn try_open_exit(ctx: &TracePointContext, scope: &Scope, syscall: u16) -> Result
         // enforcing hooks themselves.
         return Ok(());
     }
-    let file = fd_file(current_task(), ret as u32)?;
-    emit_open(file, scope, ret, syscall)
+    let task = current_task();
+    let file = fd_file(task, ret as u32)?;
+    let fs = kread::ptr(task, o.task_fs)?;
+    let b = path::build(file + o.file_f_path as u64, fs + o.fs_root as u64)?;
+    // Without BPF LSM, file rules are decided here, after the open, in
+    // audit or kill mode (see README: the fallback and its limits).
+    if let Some(slot) = scope.slot() {
+        if let Some(cfg) = enforce::policy(slot) {
+            if cfg.tracepoint_decisions != 0 && cfg.fs_mode != mode::OFF {
+                enforce::open_decision(scope, slot, &cfg, file, &b);
+            }
+        }
+    }
+    emit_open_built(file, scope, ret, syscall, &b)
 }
 
-/// Emits a file open record for `file` (a kernel `struct file *`), with the
-/// canonical path walked up to the task's root.
+/// Emits a file open record for `file` whose path is already built.
 #[inline(always)]
-pub fn emit_open(file: u64, scope: &Scope, ret: i64, syscall: u16) -> Result<(), i32> {
+pub fn emit_open_built(
+    file: u64,
+    scope: &Scope,
+    ret: i64,
+    syscall: u16,
+    b: &path::Built,
+) -> Result<(), i32> {
     let o = offsets();
-    let task = current_task();
     let buf = header::scratch()?;
     const BODY: usize = size_of::<FileOpenEvent>();
     let mut ev = FileOpenEvent::default();
@@ -85,10 +104,8 @@ pub fn emit_open(file: u64, scope: &Scope, ret: i64, syscall: u16) -> Result<(),
     ev.ret = ret;
     ev.syscall = syscall;
     ev.open_flags = kread::at::<u32>(file, o.file_f_flags).unwrap_or(0);
-    let fs = kread::ptr(task, o.task_fs)?;
-    let b = path::build(file + o.file_f_path as u64, fs + o.fs_root as u64)?;
     ev.header.flags |= b.flags;
-    let len = path::copy_out(&b, &mut buf[BODY..BODY + MAX_PATH_BYTES]);
+    let len = path::copy_out(b, &mut buf[BODY..BODY + MAX_PATH_BYTES]);
     ev.path_len = len as u16;
     let total = BODY + len;
     ev.header.size = total as u32;

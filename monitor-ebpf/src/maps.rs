@@ -2,10 +2,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use monitor_common::{
-    counter, KernelOffsets, ProcState, TracepointOffsets, MAX_PATH_BYTES, SCRATCH_BYTES,
+    counter,
+    policy::{DfaTables, NetEntry, PolicyConfig, MAX_POLICY_SLOTS, NET_MAX_ENTRIES},
+    InodeKey, KernelOffsets, ProcState, TracepointOffsets, MAX_PATH_BYTES, SCRATCH_BYTES,
 };
 
 /// Variable-length event records for user space. 16 MiB.
@@ -99,3 +101,25 @@ pub fn count(slot: u32) {
         unsafe { *p += 1 };
     }
 }
+
+/// Compiled path DFAs, one per policy slot (see
+/// `monitor_common::policy::MAX_POLICY_SLOTS`).
+#[map]
+pub static DFA_SLOTS: Array<DfaTables> = Array::with_max_entries(MAX_POLICY_SLOTS, 0);
+
+/// Scalars of each policy slot (modes, generation).
+#[map]
+pub static POLICY: Array<PolicyConfig> = Array::with_max_entries(MAX_POLICY_SLOTS, 0);
+
+/// Network rules of every slot: longest-prefix match on (slot, address).
+#[map]
+pub static NET_RULES: LpmTrie<[u8; 20], NetEntry> =
+    LpmTrie::with_max_entries(MAX_POLICY_SLOTS * NET_MAX_ENTRIES as u32, BPF_F_NO_PREALLOC);
+
+/// Files denied by a path decision, by identity, so another name for the
+/// same inode (a hard link made before the session) is denied too. The
+/// value is a bit set of the policy slots that denied it.
+#[map]
+pub static DENIED_INODES: LruHashMap<InodeKey, u32> = LruHashMap::with_max_entries(65536, 0);
+
+const BPF_F_NO_PREALLOC: u32 = 1;

@@ -9,10 +9,14 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::bpf_probe_read_kernel_buf, helpers::generated::bpf_loop, macros::map,
-    maps::PerCpuArray,
+    helpers::bpf_probe_read_kernel_buf,
+    helpers::generated::bpf_loop,
+    macros::map,
+    maps::{HashMap, PerCpuArray},
 };
-use monitor_common::{counter, flags, MAX_PATH_BYTES, MAX_PATH_DEPTH};
+use monitor_common::{
+    counter, flags, FsRoot, InodeKey, FS_ROOT_PREFIX_BYTES, MAX_PATH_BYTES, MAX_PATH_DEPTH,
+};
 
 use crate::{
     kread,
@@ -32,11 +36,19 @@ pub struct Walk {
     pos: u32,
     flags: u32,
     done: u32,
-    _pad: u32,
+    /// Non-zero: an identity walk (dentries up to the file system root,
+    /// mounts and the task's root ignored); `root_dentry` receives the root.
+    identity: u32,
 }
 
 #[map]
 static WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
+
+/// File system roots and where they are mounted in the daemon's mount
+/// namespace (see [`build_identity`]); written by the daemon from
+/// `/proc/self/mountinfo`.
+#[map]
+pub static FS_ROOTS: HashMap<InodeKey, FsRoot> = HashMap::with_max_entries(4096, 0);
 
 /// A finished walk: the path is `PATHBUF[start .. start + len]`.
 pub struct Built {
@@ -70,6 +82,9 @@ extern "C" fn step(_i: u64, _ctx: *mut c_void) -> i64 {
 #[inline(always)]
 fn step_inner(w: &mut Walk) -> Result<bool, i32> {
     let o = offsets();
+    if w.identity != 0 {
+        return step_name(w, &o, true);
+    }
     if w.dentry == w.root_dentry && w.vfsmnt == w.root_vfsmnt {
         return Ok(true);
     }
@@ -85,8 +100,19 @@ fn step_inner(w: &mut Walk) -> Result<bool, i32> {
         w.vfsmnt = parent + o.mount_mnt as u64;
         return Ok(false);
     }
+    step_name(w, &o, false)
+}
+
+/// Prepends the current dentry's name and moves to its parent. At a file
+/// system root (a dentry that is its own parent) the walk ends; an identity
+/// walk records that root.
+#[inline(always)]
+fn step_name(w: &mut Walk, o: &monitor_common::KernelOffsets, identity: bool) -> Result<bool, i32> {
     let parent = kread::ptr(w.dentry, o.dentry_d_parent)?;
     if parent == w.dentry {
+        if identity {
+            w.root_dentry = w.dentry;
+        }
         return Ok(true);
     }
     let qstr = w.dentry + o.dentry_d_name as u64;
@@ -128,7 +154,81 @@ pub fn build(path_ptr: u64, root_path_ptr: u64) -> Result<Built, i32> {
         w.pos = MAX_PATH_BYTES as u32;
         w.flags = 0;
         w.done = 0;
+        w.identity = 0;
     }
+    run(wp)
+}
+
+/// Builds the identity path of `dentry`: its names up to the root of its
+/// file system, prefixed with where that root is mounted in the daemon's
+/// mount namespace (`FS_ROOTS`). Mounts, chroots and mount namespaces of
+/// the caller do not change it, so a bind mount or chroot cannot alias a
+/// denied file. An unregistered root gives the path below that root with
+/// [`flags::PATH_UNKNOWN_ROOT`].
+#[inline(always)]
+pub fn build_identity(dentry: u64) -> Result<Built, i32> {
+    let wp = WALK.get_ptr_mut(0).ok_or(-1)?;
+    {
+        // SAFETY: as in `build`.
+        let w = unsafe { &mut *wp };
+        w.dentry = dentry;
+        w.vfsmnt = 0;
+        w.root_dentry = 0;
+        w.root_vfsmnt = 0;
+        w.pos = MAX_PATH_BYTES as u32;
+        w.flags = 0;
+        w.done = 0;
+        w.identity = 1;
+    }
+    let mut b = run(wp)?;
+    // SAFETY: the loop has finished; a fresh borrow.
+    let root = unsafe { (*core::hint::black_box(wp)).root_dentry };
+    if root == 0 || b.flags & (flags::PATH_TRUNCATED | flags::PATH_FAILED) != 0 {
+        return Ok(b);
+    }
+    let o = offsets();
+    let inode = kread::ptr(root, o.dentry_d_inode)?;
+    let sb = kread::ptr(root, o.dentry_d_sb)?;
+    let key = InodeKey {
+        dev: kread::at::<u32>(sb, o.sb_s_dev)? as u64,
+        ino: kread::at::<u64>(inode, o.inode_i_ino)?,
+    };
+    // SAFETY: the value is only read through a copy below.
+    let Some(fsroot) = (unsafe { FS_ROOTS.get(&key) }) else {
+        b.flags |= flags::PATH_UNKNOWN_ROOT;
+        return Ok(b);
+    };
+    let plen = (fsroot.len as usize) & (FS_ROOT_PREFIX_BYTES - 1);
+    if plen == 0 {
+        return Ok(b);
+    }
+    // `b` is the path below the root ("/" alone for the root itself).
+    let rel_len = if b.len == 1 && b.start == MAX_PATH_BYTES as u32 - 1 {
+        0
+    } else {
+        b.len as usize
+    };
+    let end = (b.start as usize + b.len as usize) & (2 * MAX_PATH_BYTES - 1);
+    let rel_start = end - rel_len.min(end);
+    if rel_start < plen {
+        b.flags |= flags::PATH_TRUNCATED;
+        count(counter::TRUNCATED);
+        return Ok(b);
+    }
+    let start = (rel_start - plen) & (MAX_PATH_BYTES - 1);
+    let buf = PATHBUF.get_ptr_mut(0).ok_or(-1)?;
+    // SAFETY: per-CPU value, exclusively ours; start + plen <= 4096 + 255.
+    let dst = unsafe { &mut (&mut (*buf).buf)[start..start + plen] };
+    // SAFETY: copying from a map value (kernel memory) of at least plen bytes.
+    unsafe { bpf_probe_read_kernel_buf(fsroot.prefix.as_ptr(), dst) }?;
+    b.start = start as u32;
+    b.len = (plen + rel_len) as u32;
+    Ok(b)
+}
+
+/// Runs the walk loop over the prepared state and finishes the result.
+#[inline(always)]
+fn run(wp: *mut Walk) -> Result<Built, i32> {
     // SAFETY: `step` is a static BPF subprogram; its context is unused.
     unsafe {
         bpf_loop(

@@ -56,6 +56,13 @@ pub enum Cmd {
         /// Parent cgroup of all sessions, below the cgroup2 mount [config: daemon.cgroup_parent].
         #[arg(long)]
         cgroup_parent: Option<String>,
+        /// Without BPF LSM, what file/exec rules in enforce mode do: refuse, audit or kill
+        /// [config: enforcement.fallback, default refuse].
+        #[arg(long)]
+        fallback: Option<crate::enforce::Fallback>,
+        /// bpffs directory for pinned programs and maps [config: enforcement.pin_path].
+        #[arg(long)]
+        pin_path: Option<PathBuf>,
     },
     /// Run a command in a new agentmon session (the exit code passes through).
     Run {

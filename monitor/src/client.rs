@@ -110,6 +110,13 @@ fn warn(msg: &str) -> i32 {
     0
 }
 
+/// `agentmon policy reload`.
+pub fn reload(socket: &Path) -> anyhow::Result<()> {
+    let v = control::call(socket, &Request::ReloadPolicy {}, Duration::from_secs(30))?;
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
+
 /// `agentmon status`.
 pub fn status(socket: &Path, json: bool) -> anyhow::Result<()> {
     let v = control::call(socket, &Request::Status {}, Duration::from_secs(5))?;
@@ -128,6 +135,21 @@ pub fn status(socket: &Path, json: bool) -> anyhow::Result<()> {
     }
     for g in v["coverage_gaps"].as_array().into_iter().flatten() {
         println!("  gap: {}", g.as_str().unwrap_or(""));
+    }
+    let e = &v["enforcement"];
+    println!(
+        "enforcement: file/exec: {}; network: {}",
+        e["file_and_exec_rules"].as_str().unwrap_or("?"),
+        e["network_rules"].as_str().unwrap_or("?")
+    );
+    for s in e["sessions"].as_array().into_iter().flatten() {
+        println!(
+            "  {}  policy={} generation={} protections={}",
+            s["session_id"].as_str().unwrap_or("?"),
+            s["policy"].as_str().unwrap_or("?"),
+            s["generation"],
+            s["protections"]
+        );
     }
     println!("kernel counters: {}", v["kernel_counters"]);
     println!("daemon counters: {}", v["counters"]);

@@ -102,6 +102,32 @@ pub struct ExportSection {
     pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
+/// `[enforcement]`
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnforcementSection {
+    /// What file and exec rules in enforce mode do on a kernel without BPF
+    /// LSM: `"refuse"` (refuse to start / to create the session),
+    /// `"audit"` (decide and report only) or `"kill"` (SIGKILL after the
+    /// fact from the open tracepoints).
+    pub fallback: crate::enforce::Fallback,
+    /// bpffs directory where programs, links and policy maps are pinned so
+    /// that enforcement outlives the daemon.
+    pub pin_path: PathBuf,
+}
+
+impl Default for EnforcementSection {
+    fn default() -> Self {
+        Self {
+            fallback: crate::enforce::Fallback::Refuse,
+            pin_path: PathBuf::from(DEFAULT_PIN_PATH),
+        }
+    }
+}
+
+/// Default bpffs pin directory.
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/agentmon";
+
 /// The whole file.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -109,6 +135,7 @@ pub struct Config {
     pub daemon: DaemonSection,
     pub store: StoreSection,
     pub export: ExportSection,
+    pub enforcement: EnforcementSection,
 }
 
 impl Config {

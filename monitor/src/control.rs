@@ -48,6 +48,9 @@ pub enum Request {
     /// Daemon state: sessions, counters, features. (A struct variant, so
     /// that unknown fields are refused like everywhere else.)
     Status {},
+    /// Recompile every live session's policy from its file and swap it in
+    /// (the same as SIGHUP). Sent by `agentmon policy reload`.
+    ReloadPolicy {},
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

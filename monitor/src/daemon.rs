@@ -19,7 +19,7 @@ use tokio::{
 
 use crate::{
     control::{self, ErrorCode, Reply, Request},
-    event,
+    enforce, event,
     kernel::{
         features::{self, Probe},
         loader::{self, KernelLayout, LoadOptions},
@@ -47,12 +47,30 @@ pub struct DaemonOptions {
 struct KernelSessions(BpfHashMap<MapData, u64, u32>);
 
 impl SessionTable for KernelSessions {
-    fn insert(&mut self, cgroup_id: u64) -> Result<(), String> {
-        self.0.insert(cgroup_id, 1, 0).map_err(|e| e.to_string())
+    fn insert(&mut self, cgroup_id: u64, value: u32) -> Result<(), String> {
+        self.0
+            .insert(cgroup_id, value, 0)
+            .map_err(|e| e.to_string())
     }
     fn remove(&mut self, cgroup_id: u64) -> Result<(), String> {
         self.0.remove(&cgroup_id).map_err(|e| e.to_string())
     }
+    fn current(&self, cgroup_id: u64) -> Option<u32> {
+        self.0.get(&cgroup_id, 0).ok()
+    }
+}
+
+/// Enforcement state: the backend, the policy maps, each session's policy.
+struct Enforcement {
+    backend: enforce::Backend,
+    maps: enforce::PolicyMaps,
+    /// By session id.
+    sessions: std::collections::HashMap<String, enforce::SessionPolicy>,
+    policy_dir: PathBuf,
+    default_policy: String,
+    reloads: u64,
+    reload_errors: u64,
+    last_reload: Option<Value>,
 }
 
 /// Counters kept in user space.
@@ -74,6 +92,7 @@ struct State {
     group_gid: Option<u32>,
     cgroup2: PathBuf,
     out: Output,
+    enf: Enforcement,
 }
 
 /// Where records go: JSON lines on stdout, metrics, OTLP. Sinks never
@@ -114,6 +133,8 @@ fn kernel_counter_totals(c: &PerCpuArray<MapData, u64>) -> Value {
         (k::EMITTED, "emitted"),
         (k::PATH_FAILED, "path_failed"),
         (k::NO_PROC_STATE, "no_proc_state"),
+        (k::POLICY_DENIALS, "policy_denials"),
+        (k::POLICY_MISSING, "policy_missing"),
     ];
     let mut m = serde_json::Map::new();
     for (idx, name) in names {
@@ -146,6 +167,28 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     );
     let open_source = tp.context("attaching observation programs")?;
     log::info!("file open events from: {open_source:?}");
+    let lsm = match &open_source {
+        loader::OpenSource::Lsm => {
+            loader::attach_enforcers(&mut ebpf)
+                .context("attaching the BPF LSM enforcement hooks")?;
+            true
+        }
+        loader::OpenSource::Tracepoints { .. } => false,
+    };
+    let backend = enforce::Backend {
+        lsm,
+        fallback: opts.config.enforcement.fallback,
+    };
+    // Refuse to start when the default policy cannot be enforced here.
+    if let Some(src) = enforce::resolve_policy(
+        None,
+        &opts.config.daemon.policy_dir,
+        &opts.config.daemon.default_policy,
+    )? {
+        enforce::check_backend(&src, backend).context("checking the default policy")?;
+    }
+    let mut policy_maps = enforce::PolicyMaps::new(&mut ebpf, &[])?;
+    policy_maps.refresh_fs_roots();
     loader::attach_cgroup(&mut ebpf, &parent).context("attaching network programs")?;
     for p in &probes {
         log::info!(
@@ -189,6 +232,16 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         open_source,
         group_gid,
         cgroup2,
+        enf: Enforcement {
+            backend,
+            maps: policy_maps,
+            sessions: std::collections::HashMap::new(),
+            policy_dir: opts.config.daemon.policy_dir.clone(),
+            default_policy: opts.config.daemon.default_policy.clone(),
+            reloads: 0,
+            reload_errors: 0,
+            last_reload: None,
+        },
         out: {
             let otlp = match &opts.config.export.otlp {
                 Some(cfg) => Some(
@@ -257,6 +310,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     eprintln!("agentmon: ready");
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut cache = ProcCache::new(200_000);
     let mut clock = Clock::now();
     let mut reap = tokio::time::interval(Duration::from_millis(200));
@@ -269,11 +323,26 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
+            _ = sighup.recv() => {
+                let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+                let r = reload(&mut st);
+                log::info!("SIGHUP: policy reload: {r}");
+            }
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-                drain(guard.get_inner_mut(), &mut st, &mut cache, &clock);
-                guard.clear_ready();
+                let more = {
+                    let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+                    drain(guard.get_inner_mut(), &mut st, &mut cache, &clock)
+                };
+                if more {
+                    // A flood: let the control socket take the lock
+                    // between batches (a plain re-lock would win the race
+                    // every time on one CPU).
+                    drop(guard);
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                } else {
+                    guard.clear_ready();
+                }
             }
             _ = drain_tick.tick() => {
                 let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
@@ -284,13 +353,15 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
                 // Drain first, so a session's last events count before it ends.
                 drain(ring.get_mut(), &mut st, &mut cache, &clock);
                 end_empty_sessions(&mut st);
+                st.enf.maps.reap();
             }
             _ = loss.tick() => {
                 clock = Clock::now();
-                let st = state.lock().unwrap_or_else(|p| p.into_inner());
+                let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+                st.enf.maps.refresh_fs_roots();
                 let k = kernel_counter_totals(&st.kernel_counters);
                 let mut lossy = k.clone();
-                if let Value::Object(m) = &mut lossy { m.remove("emitted"); }
+                if let Value::Object(m) = &mut lossy { m.remove("emitted"); m.remove("policy_denials"); }
                 if lossy != last_loss && lossy.as_object().is_some_and(|m| m.values().any(|v| v.as_u64() != Some(0))) {
                     st.out.emit(&json!({"kind": "loss", "ts_unix_ns": session::now_unix_ns(), "kernel": lossy,
                         "decode_errors": st.counters.decode_errors}));
@@ -317,8 +388,32 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn drain(ring: &mut RingBuf<MapData>, st: &mut State, cache: &mut ProcCache, clock: &Clock) {
-    while let Some(item) = ring.next() {
+/// Most records handled per drain call: the state lock is released
+/// between batches, so a flood of events (a session hammering a denied
+/// file) never starves the control socket.
+const DRAIN_BUDGET: usize = 8192;
+
+/// Control requests waiting for the state lock; a drain in progress stops
+/// early for them.
+static CONTROL_WAITING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Reads up to [`DRAIN_BUDGET`] records; returns whether the ring may hold
+/// more.
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    st: &mut State,
+    cache: &mut ProcCache,
+    clock: &Clock,
+) -> bool {
+    let mut n = 0;
+    while n < DRAIN_BUDGET {
+        if n % 256 == 255 && CONTROL_WAITING.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            return true;
+        }
+        let Some(item) = ring.next() else {
+            return false;
+        };
+        n += 1;
         match event::decode(&item) {
             Ok(ev) => {
                 st.counters.events += 1;
@@ -326,6 +421,7 @@ fn drain(ring: &mut RingBuf<MapData>, st: &mut State, cache: &mut ProcCache, clo
                 let session = st.manager.by_cgroup_id_mut(c.session_cgroup_id);
                 let decision = match &ev {
                     event::Event::NetConnect(n) => n.decision,
+                    event::Event::Policy(p) => p.decision,
                     _ => "allowed",
                 };
                 if let Some(s) = session {
@@ -340,7 +436,11 @@ fn drain(ring: &mut RingBuf<MapData>, st: &mut State, cache: &mut ProcCache, clo
                         id: &s.id,
                         conversation_id: s.conversation_id.as_deref(),
                     });
-                let v = pipeline::enrich(&ev, cache, view, clock);
+                let sid = view.as_ref().map(|s| s.id.to_string());
+                let mut v = pipeline::enrich(&ev, cache, view, clock);
+                if let Some(id) = sid {
+                    name_rule(&st.enf, &id, &ev, &mut v);
+                }
                 st.out.emit(&v);
             }
             Err(e) => {
@@ -349,10 +449,132 @@ fn drain(ring: &mut RingBuf<MapData>, st: &mut State, cache: &mut ProcCache, clo
             }
         }
     }
+    true
+}
+
+/// Adds the policy rule behind a kernel decision (`rule`, `rule_id`) and
+/// the policy's name, re-matched against the policy of the generation that
+/// decided.
+fn name_rule(enf: &Enforcement, session_id: &str, ev: &event::Event, v: &mut Value) {
+    let Some(sp) = enf.sessions.get(session_id) else {
+        return;
+    };
+    let (generation, rule) = match ev {
+        event::Event::Policy(p) => {
+            let Some(c) = sp
+                .compiled
+                .iter()
+                .find(|c| c.generation() == p.policy_generation)
+            else {
+                return;
+            };
+            let rule = match p.reason {
+                "inode" => Some((
+                    u32::MAX,
+                    "permissions.filesystem.deny_read: another name (hard link) of a denied file"
+                        .to_string(),
+                )),
+                "path_unresolved" => Some((
+                    u32::MAX,
+                    "fail closed: the path could not be resolved in full".to_string(),
+                )),
+                _ => enforce::rule_for(c, p.access, &p.path),
+            };
+            (p.policy_generation, rule)
+        }
+        event::Event::NetConnect(n) if n.policy_generation != 0 => {
+            let Some(c) = sp
+                .compiled
+                .iter()
+                .find(|c| c.generation() == n.policy_generation)
+            else {
+                return;
+            };
+            let rule = n.rule_id.and_then(|id| {
+                c.rule(id)
+                    .map(|r| (id, format!("{}: {}", r.kind.key(), r.text)))
+            });
+            let rule = rule.or_else(|| {
+                (n.decision != "allowed").then(|| (u32::MAX, "network.default".to_string()))
+            });
+            (n.policy_generation, rule)
+        }
+        _ => return,
+    };
+    if let Value::Object(m) = v {
+        m.insert("policy".into(), json!(sp.source.name));
+        m.insert("policy_generation".into(), json!(generation));
+        if let Some((id, text)) = rule {
+            if id != u32::MAX {
+                m.insert("rule_id".into(), json!(id));
+            }
+            m.insert("rule".into(), json!(text));
+        }
+    }
+}
+
+/// Recompiles every session's policy and swaps each into a fresh slot. A
+/// policy that fails to compile leaves that session's policy in force.
+fn reload(st: &mut State) -> Value {
+    let State {
+        enf,
+        manager,
+        table,
+        out,
+        ..
+    } = st;
+    enf.reloads += 1;
+    enf.maps.refresh_fs_roots();
+    let mut swapped = Vec::new();
+    let mut failed = Vec::new();
+    let ids: Vec<String> = enf.sessions.keys().cloned().collect();
+    for id in ids {
+        let Some(sess) = manager.sessions.get(&id) else {
+            continue;
+        };
+        let cgroup_id = sess.cgroup_id;
+        let sp = enf.sessions.get(&id).expect("listed above");
+        let r = enforce::compile_for(&sp.source, &sp.ctx, enf.backend).and_then(|mut c| {
+            let slot = enf.maps.install(&mut c)?;
+            for key in enforce::denied_hard_links(&c, &sp.ctx.workspace, 200_000) {
+                enf.maps.deny_inode(key, slot);
+            }
+            Ok((slot, c))
+        });
+        match r {
+            Ok((slot, c)) => {
+                if let Err(e) = table.insert(cgroup_id, enforce::session_value_for(Some(slot))) {
+                    enf.maps.release(slot);
+                    failed.push(json!({"session_id": id, "error": e}));
+                    continue;
+                }
+                let sp = enf.sessions.get_mut(&id).expect("listed above");
+                enf.maps.retire(sp.slot);
+                sp.slot = slot;
+                sp.compiled.insert(0, Arc::new(c));
+                sp.compiled.truncate(4);
+                swapped.push(json!({"session_id": id, "policy": sp.source.name,
+                    "generation": sp.generation(), "slot": slot}));
+            }
+            Err(e) => {
+                enf.reload_errors += 1;
+                failed.push(json!({"session_id": id, "policy": sp.source.path,
+                    "error": e.to_string(), "kept_generation": sp.generation()}));
+            }
+        }
+    }
+    let v = json!({"kind": "policy_reload", "ts_unix_ns": session::now_unix_ns(),
+        "swapped": swapped, "failed": failed});
+    out.emit(&v);
+    enf.last_reload = Some(v.clone());
+    v
 }
 
 fn end_empty_sessions(st: &mut State) {
     for id in st.manager.empty_sessions() {
+        if let Some(sp) = st.enf.sessions.remove(&id) {
+            st.enf.maps.release(sp.slot);
+        }
         if let Some(s) = st.manager.end(&mut st.table, &id) {
             log::info!("session {id} ended");
             st.out.emit(&json!({
@@ -410,7 +632,9 @@ async fn serve(stream: UnixStream, state: Arc<Mutex<State>>) {
     let reply = match cred {
         Ok(cred) => {
             let req = control::parse_request(&line);
+            CONTROL_WAITING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+            CONTROL_WAITING.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             st.counters.control_requests += 1;
             let r = match req {
                 Ok(req) => handle(
@@ -494,7 +718,32 @@ fn handle(st: &mut State, req: Request, pid: u32, uid: u32, gid: u32) -> Reply {
                 "features": st.probes,
                 "file_open_source": st.open_source,
                 "coverage_gaps": coverage_gaps(&st.open_source),
+                "enforcement": enforcement_status(&st.enf),
             }))
+        }
+        Request::ReloadPolicy {} => {
+            if !authorized(st, pid, uid, gid) || caller_session.is_some() {
+                return Reply::err(
+                    ErrorCode::Forbidden,
+                    "reloading policies needs root or the agentmon group, from outside every session",
+                );
+            }
+            let v = reload(st);
+            let failed = v["failed"]
+                .as_array()
+                .map(|a| !a.is_empty())
+                .unwrap_or(false);
+            if failed {
+                Reply::err(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "some policies failed to compile; their previous policy stays in force: {}",
+                        v["failed"]
+                    ),
+                )
+            } else {
+                Reply::ok(v)
+            }
         }
         Request::CreateSession {
             session_id,
@@ -514,19 +763,51 @@ fn handle(st: &mut State, req: Request, pid: u32, uid: u32, gid: u32) -> Reply {
                     "creating sessions needs root or the agentmon group",
                 );
             }
-            let State { manager, table, .. } = st;
-            let s = match manager.create(table, session_id, policy, workspace, command, uid) {
+            // Bind and compile the policy, and write it to a free slot,
+            // before the session exists: its first process runs under it.
+            let prepared =
+                match prepare_policy(st, policy.as_deref(), workspace.as_deref(), pid, uid) {
+                    Ok(p) => p,
+                    Err(e) => return Reply::err(ErrorCode::BadRequest, e.to_string()),
+                };
+            let value = enforce::session_value_for(prepared.as_ref().map(|p| p.slot));
+            let State {
+                manager,
+                table,
+                enf,
+                ..
+            } = st;
+            let s = match manager.create(table, session_id, policy, workspace, command, uid, value)
+            {
                 Ok(s) => s.clone(),
-                Err(e @ session::SessionError::InvalidId(_)) => {
-                    return Reply::err(ErrorCode::BadRequest, e.to_string())
+                Err(e) => {
+                    if let Some(p) = &prepared {
+                        enf.maps.release(p.slot);
+                    }
+                    return match e {
+                        e @ session::SessionError::InvalidId(_) => {
+                            Reply::err(ErrorCode::BadRequest, e.to_string())
+                        }
+                        e @ session::SessionError::Exists(_) => {
+                            Reply::err(ErrorCode::Conflict, e.to_string())
+                        }
+                        e => Reply::err(ErrorCode::Internal, e.to_string()),
+                    };
                 }
-                Err(e @ session::SessionError::Exists(_)) => {
-                    return Reply::err(ErrorCode::Conflict, e.to_string())
-                }
-                Err(e) => return Reply::err(ErrorCode::Internal, e.to_string()),
             };
+            let modes = prepared
+                .as_ref()
+                .map(|p| enforce::protection_modes(p.current(), enf.backend));
+            let policy_name = prepared.as_ref().map(|p| p.source.name.clone());
+            let generation = prepared.as_ref().map(|p| p.generation());
+            if let Some(p) = prepared {
+                enf.sessions.insert(s.id.clone(), p);
+            }
             if let Err(e) = manager.enter(&s.id, pid) {
                 manager.end(table, &s.id);
+                if let Some(p) = enf.sessions.remove(&s.id) {
+                    enf.maps.release(p.slot);
+                }
                 return Reply::err(
                     ErrorCode::Internal,
                     format!("moving pid {pid} into the session: {e}"),
@@ -535,9 +816,13 @@ fn handle(st: &mut State, req: Request, pid: u32, uid: u32, gid: u32) -> Reply {
             st.out.emit(&json!({
                 "kind": "session_start", "ts_unix_ns": s.started_unix_ns, "session_id": s.id,
                 "cgroup": s.cgroup, "uid": uid, "pid": pid, "command": s.command,
-                "workspace": s.workspace, "policy": s.policy,
+                "workspace": s.workspace, "policy": policy_name,
+                "policy_generation": generation, "protections": modes,
             }));
-            Reply::ok(json!({"session_id": s.id, "cgroup": s.cgroup}))
+            Reply::ok(
+                json!({"session_id": s.id, "cgroup": s.cgroup, "policy": policy_name,
+                "policy_generation": generation, "protections": modes}),
+            )
         }
         Request::AttachAgent {
             agent,
@@ -569,6 +854,70 @@ fn handle(st: &mut State, req: Request, pid: u32, uid: u32, gid: u32) -> Reply {
             Reply::ok(json!({"session_id": id, "conversation_id": conversation_id}))
         }
     }
+}
+
+/// Binds, compiles and installs the policy of a new session (`None`: no
+/// policy given and no default policy installed: observe only).
+fn prepare_policy(
+    st: &mut State,
+    requested: Option<&str>,
+    workspace: Option<&str>,
+    pid: u32,
+    uid: u32,
+) -> Result<Option<enforce::SessionPolicy>, enforce::EnforceError> {
+    let Some(source) =
+        enforce::resolve_policy(requested, &st.enf.policy_dir, &st.enf.default_policy)?
+    else {
+        return Ok(None);
+    };
+    let ws = match workspace {
+        Some(w) => PathBuf::from(w),
+        None => {
+            std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_else(|_| PathBuf::from("/"))
+        }
+    };
+    let ctx = enforce::session_context(&ws, uid)?;
+    st.enf.maps.refresh_fs_roots();
+    let mut compiled = enforce::compile_for(&source, &ctx, st.enf.backend)?;
+    let slot = st.enf.maps.install(&mut compiled)?;
+    for key in enforce::denied_hard_links(&compiled, &ctx.workspace, 200_000) {
+        st.enf.maps.deny_inode(key, slot);
+    }
+    Ok(Some(enforce::SessionPolicy {
+        source,
+        ctx,
+        slot,
+        compiled: vec![Arc::new(compiled)],
+    }))
+}
+
+/// `status.enforcement`: the backend and each session's protections.
+fn enforcement_status(enf: &Enforcement) -> Value {
+    let sessions: Vec<Value> = enf
+        .sessions
+        .iter()
+        .map(|(id, sp)| {
+            json!({"session_id": id, "policy": sp.source.name, "policy_path": sp.source.path,
+                "generation": sp.generation(), "slot": sp.slot,
+                "protections": enforce::protection_modes(sp.current(), enf.backend)})
+        })
+        .collect();
+    json!({
+        "backend": enf.backend,
+        "file_and_exec_rules": if enf.backend.lsm { "enforced in BPF LSM hooks" } else {
+            match enf.backend.fallback {
+                enforce::Fallback::Refuse => "no BPF LSM: policies that enforce file or exec rules are refused",
+                enforce::Fallback::Audit => "no BPF LSM: file rules decided after the open (audit only); exec rules not decided",
+                enforce::Fallback::Kill => "no BPF LSM: file rules enforced by SIGKILL after the open (TOCTOU); exec rules not decided",
+            }
+        },
+        "network_rules": "enforced in cgroup sock_addr hooks",
+        "free_slots": enf.maps.free_slots(),
+        "reloads": enf.reloads,
+        "reload_errors": enf.reload_errors,
+        "last_reload": enf.last_reload,
+        "sessions": sessions,
+    })
 }
 
 /// What the backends in use cannot see, stated rather than assumed.

@@ -5,7 +5,7 @@
 
 use monitor_common::{
     file_op, kind, net_op, open_syscall, verdict, EventHeader, ExecEvent, ExitEvent, FileOpEvent,
-    FileOpenEvent, ForkEvent, NetEvent,
+    FileOpenEvent, ForkEvent, NetEvent, PolicyEvent,
 };
 use serde::Serialize;
 
@@ -119,6 +119,39 @@ pub struct Net {
     pub family: &'static str,
     pub transport: &'static str,
     pub decision: &'static str,
+    /// Network rule ID that decided (`None`: the policy default, or no
+    /// policy).
+    pub rule_id: Option<u32>,
+    /// Policy generation that decided (0: no policy).
+    pub policy_generation: u32,
+}
+
+/// A file or exec access that a policy denied or, in audit mode, would
+/// have denied.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct PolicyDecision {
+    #[serde(flatten)]
+    pub common: Common,
+    /// `read`, `write`, `exec`, `create`, `mkdir`, `mknod`, `unlink`,
+    /// `rmdir`, `rename_from`, `rename_to`, `link`, `link_source`,
+    /// `symlink`, `setattr`.
+    pub access: &'static str,
+    /// `denied`, `would_deny` or `killed`.
+    pub decision: &'static str,
+    /// The identity path the decision was made on.
+    pub path: String,
+    pub path_truncated: bool,
+    /// `path` (a rule matched), `path_unresolved` (fail closed: the path
+    /// could not be built in full) or `inode` (another name of a denied
+    /// file).
+    pub reason: &'static str,
+    /// What the hook returned (`-13` = EACCES, 0 in audit mode).
+    pub ret: i32,
+    pub policy_generation: u32,
+    /// DFA verdict bits (see `monitor_common::policy::verdict`).
+    pub dfa_bits: u8,
+    /// Open flags for reads and writes.
+    pub open_flags: u32,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -130,6 +163,7 @@ pub enum Event {
     FileOpen(FileOpen),
     NetConnect(Net),
     FileOp(FileOp),
+    Policy(PolicyDecision),
 }
 
 impl Event {
@@ -141,6 +175,7 @@ impl Event {
             Event::FileOpen(e) => &e.common,
             Event::NetConnect(e) => &e.common,
             Event::FileOp(e) => &e.common,
+            Event::Policy(e) => &e.common,
         }
     }
 
@@ -152,6 +187,7 @@ impl Event {
             Event::FileOpen(_) => "file_open",
             Event::NetConnect(_) => "net_connect",
             Event::FileOp(_) => "file_op",
+            Event::Policy(_) => "policy",
         }
     }
 }
@@ -349,6 +385,52 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                     verdict::WOULD_DENY => "would_deny",
                     _ => "allowed",
                 },
+                rule_id: (e.rule_id != u32::MAX && e.generation != 0).then_some(e.rule_id),
+                policy_generation: e.generation,
+            }))
+        }
+        kind::POLICY => {
+            let e: PolicyEvent = read(bytes, "policy record")?;
+            let tail = &bytes[std::mem::size_of::<PolicyEvent>()..];
+            let [path] = fields(tail, [e.path_len as usize], "policy", size)?;
+            use monitor_common::{access as a, reason as r};
+            Ok(Event::Policy(PolicyDecision {
+                common,
+                access: match e.access {
+                    a::READ => "read",
+                    a::WRITE => "write",
+                    a::EXEC => "exec",
+                    a::CREATE => "create",
+                    a::MKDIR => "mkdir",
+                    a::UNLINK => "unlink",
+                    a::RMDIR => "rmdir",
+                    a::RENAME_FROM => "rename_from",
+                    a::RENAME_TO => "rename_to",
+                    a::LINK => "link",
+                    a::SYMLINK => "symlink",
+                    a::SETATTR => "setattr",
+                    a::MKNOD => "mknod",
+                    a::LINK_SOURCE => "link_source",
+                    _ => "unknown",
+                },
+                decision: match e.verdict {
+                    verdict::DENIED => "denied",
+                    verdict::KILLED => "killed",
+                    _ => "would_deny",
+                },
+                path: text(path),
+                path_truncated: h.flags
+                    & (monitor_common::flags::PATH_TRUNCATED | monitor_common::flags::PATH_FAILED)
+                    != 0,
+                reason: match e.reason {
+                    r::PATH_UNRESOLVED => "path_unresolved",
+                    r::INODE => "inode",
+                    _ => "path",
+                },
+                ret: e.ret,
+                policy_generation: e.generation,
+                dfa_bits: e.dfa,
+                open_flags: e.arg,
             }))
         }
         kind::FILE_OP => {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod doctor;
+pub mod enforce;
 pub mod event;
 pub mod export;
 pub mod kernel;

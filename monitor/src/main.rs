@@ -28,6 +28,8 @@ fn main() -> anyhow::Result<()> {
             scope,
             group,
             cgroup_parent,
+            fallback,
+            pin_path,
         } => {
             let cfg = match config {
                 Some(p) => Config::load(&p)?,
@@ -39,6 +41,12 @@ fn main() -> anyhow::Result<()> {
             let mut cfg = cfg;
             if let Some(p) = store_path {
                 cfg.store.path = p;
+            }
+            if let Some(f) = fallback {
+                cfg.enforcement.fallback = f;
+            }
+            if let Some(p) = pin_path {
+                cfg.enforcement.pin_path = p;
             }
             let load = LoadOptions {
                 scope_mode: match scope {
@@ -81,6 +89,9 @@ fn main() -> anyhow::Result<()> {
         } => std::process::exit(client::hook_codex(&client_socket)),
         Cmd::Status { json } => client::status(&client_socket, json),
         Cmd::Events(args) => Ok(store::cli::run_events(&args)?),
+        Cmd::Policy {
+            cmd: monitor::policy::cli::PolicyCmd::Reload,
+        } => client::reload(&client_socket),
         Cmd::Policy { cmd } => std::process::exit(monitor::policy::cli::main(cmd)),
         Cmd::Doctor { json } => {
             let report = doctor::run();

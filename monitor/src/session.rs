@@ -72,8 +72,13 @@ pub struct Session {
 
 /// The kernel-side session table, abstracted so the manager is testable.
 pub trait SessionTable {
-    fn insert(&mut self, cgroup_id: u64) -> Result<(), String>;
+    /// Registers (or updates) a session cgroup with its `SESSIONS` value
+    /// (see `monitor_common::policy::session_value`).
+    fn insert(&mut self, cgroup_id: u64, value: u32) -> Result<(), String>;
     fn remove(&mut self, cgroup_id: u64) -> Result<(), String>;
+    /// The value registered for a cgroup, if any (kept across a restart
+    /// in the pinned map).
+    fn current(&self, cgroup_id: u64) -> Option<u32>;
 }
 
 /// Creates, tracks and ends sessions.
@@ -124,7 +129,10 @@ impl Manager {
             let Ok(cgroup_id) = crate::cgroup::cgroup_id(&path) else {
                 continue;
             };
-            if table.insert(cgroup_id).is_ok() {
+            if table
+                .insert(cgroup_id, table.current(cgroup_id).unwrap_or(0))
+                .is_ok()
+            {
                 self.track(Session {
                     id: id.clone(),
                     cgroup: path,
@@ -158,6 +166,7 @@ impl Manager {
         workspace: Option<String>,
         command: Vec<String>,
         uid: u32,
+        value: u32,
     ) -> Result<&Session, SessionError> {
         let id = id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         validate_id(&id)?;
@@ -173,7 +182,7 @@ impl Manager {
             Err(e) => return Err(io("mkdir", &dir)(e)),
         }
         let cgroup_id = crate::cgroup::cgroup_id(&dir).map_err(io("stat", &dir))?;
-        if let Err(e) = table.insert(cgroup_id) {
+        if let Err(e) = table.insert(cgroup_id, value) {
             let _ = std::fs::remove_dir(&dir);
             return Err(SessionError::Map(e));
         }
@@ -282,9 +291,12 @@ mod tests {
 
     struct FakeTable(Vec<u64>);
     impl SessionTable for FakeTable {
-        fn insert(&mut self, id: u64) -> Result<(), String> {
+        fn insert(&mut self, id: u64, _value: u32) -> Result<(), String> {
             self.0.push(id);
             Ok(())
+        }
+        fn current(&self, _id: u64) -> Option<u32> {
+            None
         }
         fn remove(&mut self, id: u64) -> Result<(), String> {
             self.0.retain(|x| *x != id);
@@ -300,16 +312,24 @@ mod tests {
         let mut m = Manager::new(dir.clone()).unwrap();
         let mut t = FakeTable(vec![]);
         let s = m
-            .create(&mut t, Some("s1".into()), None, None, vec!["x".into()], 0)
+            .create(
+                &mut t,
+                Some("s1".into()),
+                None,
+                None,
+                vec!["x".into()],
+                0,
+                0,
+            )
             .unwrap()
             .clone();
         assert_eq!(t.0, vec![s.cgroup_id]);
         assert!(matches!(
-            m.create(&mut t, Some("s1".into()), None, None, vec![], 0),
+            m.create(&mut t, Some("s1".into()), None, None, vec![], 0, 0),
             Err(SessionError::Exists(_))
         ));
         assert!(matches!(
-            m.create(&mut t, Some("../x".into()), None, None, vec![], 0),
+            m.create(&mut t, Some("../x".into()), None, None, vec![], 0, 0),
             Err(SessionError::InvalidId(_))
         ));
         assert_eq!(m.by_cgroup_id(s.cgroup_id).unwrap().id, "s1");

@@ -177,6 +177,11 @@ impl Daemon {
 }
 
 impl Daemon {
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `agentmon ARGS` talking to this daemon.
     pub fn cli(&self) -> Command {
         let mut c = Command::new(agentmon_bin());

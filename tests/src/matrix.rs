@@ -103,6 +103,9 @@ pub fn programs() -> Vec<Spec> {
     for prog in loader::SOCK_ADDR {
         out.push(spec(prog, Attach::CgroupSockAddr));
     }
+    for (prog, hook) in loader::LSM_ENFORCERS {
+        out.push(spec(prog, Attach::Lsm(hook)));
+    }
     out.extend([
         spec(
             "sched_process_fork",

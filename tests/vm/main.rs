@@ -28,6 +28,28 @@ mod control;
 #[path = "../host/observe.rs"]
 mod observe;
 
+/// Enforcement tests that need BPF LSM.
+mod bypass;
+mod enforce;
+mod reload;
+
+/// Skips (outside the VM) or fails (inside) unless root and BPF LSM are
+/// available.
+#[macro_export]
+macro_rules! require_lsm {
+    () => {
+        $crate::require!(
+            agentmon_tests::is_root(),
+            "needs root to load eBPF programs"
+        );
+        let lsms = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
+        $crate::require!(
+            lsms.split(',').any(|l| l.trim() == "bpf"),
+            "BPF LSM is not active (/sys/kernel/security/lsm: {lsms:?})"
+        );
+    };
+}
+
 /// The helper binary that performs known operations.
 pub fn actor() -> &'static str {
     env!("CARGO_BIN_EXE_actor")
@@ -36,11 +58,12 @@ pub fn actor() -> &'static str {
 pub use agentmon_tests::require_root;
 
 /// Skips (outside the VM) or fails (inside) when a precondition is missing.
+#[macro_export]
 macro_rules! require {
     ($cond:expr, $($why:tt)+) => {
         if !$cond {
             let why = format!($($why)+);
-            if in_vm() {
+            if agentmon_tests::in_vm() {
                 panic!("required in the VM tier: {why}");
             }
             eprintln!("skip: {why}");

@@ -162,9 +162,39 @@ impl KernelBtf {
             pid_numbers: m("pid", "numbers")?,
             upid_size: self.struct_size("upid")?,
             upid_nr: m("upid", "nr")?,
+            dentry_d_inode: m("dentry", "d_inode")?,
+            dentry_d_sb: m("dentry", "d_sb")?,
+            inode_i_ino: m("inode", "i_ino")?,
+            inode_i_nlink: m("inode", "__i_nlink")?,
+            sb_s_dev: m("super_block", "s_dev")?,
+            file_f_inode: m("file", "f_inode")?,
+            binprm_file: m("linux_binprm", "file")?,
+            setattr_dentry_arg: self.setattr_dentry_arg(),
             valid: 1,
             _pad: 0,
         })
+    }
+
+    /// Index of the `struct dentry *` argument of the `inode_setattr` LSM
+    /// hook: 1 when the kernel passes an idmap first (6.3+), else 0.
+    fn setattr_dentry_arg(&self) -> u32 {
+        let params = self
+            .btf
+            .resolve_types_by_name("bpf_lsm_inode_setattr")
+            .ok()
+            .and_then(|types| {
+                types.into_iter().find_map(|t| match t {
+                    Type::Func(f) => match self.btf.resolve_chained_type(&f) {
+                        Ok(Type::FuncProto(p)) => Some(p.parameters.len()),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+            });
+        match params {
+            Some(3) => 1,
+            _ => 0,
+        }
     }
 }
 

@@ -285,3 +285,30 @@ fn attach_tracepoint(
     p.attach(category, name).map_err(err)?;
     Ok(())
 }
+
+/// LSM programs that enforce file and exec rules: (program, hook).
+pub const LSM_ENFORCERS: &[(&str, &str)] = &[
+    ("lsm_bprm_check", "bprm_check_security"),
+    ("lsm_inode_create", "inode_create"),
+    ("lsm_inode_mkdir", "inode_mkdir"),
+    ("lsm_inode_mknod", "inode_mknod"),
+    ("lsm_inode_symlink", "inode_symlink"),
+    ("lsm_inode_unlink", "inode_unlink"),
+    ("lsm_inode_rmdir", "inode_rmdir"),
+    ("lsm_inode_link", "inode_link"),
+    ("lsm_inode_rename", "inode_rename"),
+    ("lsm_inode_setattr", "inode_setattr"),
+];
+
+/// Attaches [`LSM_ENFORCERS`] (after `lsm_file_open` attached, so BPF LSM
+/// is known to work).
+pub fn attach_enforcers(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+    let btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::Program {
+        name: "lsm".into(),
+        source: aya::programs::ProgramError::Btf(e),
+    })?;
+    for (prog, hook) in LSM_ENFORCERS {
+        attach_lsm(ebpf, prog, hook, &btf)?;
+    }
+    Ok(())
+}

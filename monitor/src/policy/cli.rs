@@ -44,6 +44,10 @@ pub enum PolicyCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Ask the running daemon to recompile every session's policy from its
+    /// file and swap it in atomically (same as SIGHUP). A policy that fails
+    /// to compile stays as it was; the reply says why.
+    Reload,
 }
 
 /// Arguments of `agentmon policy explain`.
@@ -152,6 +156,7 @@ pub fn main(cmd: PolicyCmd) -> i32 {
 /// Runs a policy subcommand, writing its output to `out`.
 pub fn run(cmd: PolicyCmd, out: &mut dyn Write) -> Result<(), CliError> {
     match cmd {
+        PolicyCmd::Reload => unreachable!("handled by main with the daemon's socket"),
         PolicyCmd::Check {
             file,
             session,

@@ -287,6 +287,8 @@ pub fn compile(policy: &Policy, ctx: &CompileContext) -> Result<CompiledPolicy, 
             NetDefault::Deny => net_action::DENY,
         },
         policy_hash: 0,
+        tracepoint_decisions: 0,
+        _pad: [0; 7],
     };
     let hash = hash_policy(&dfa, &net, &config, &rules);
     dfa.header.policy_hash = hash;

@@ -8,6 +8,19 @@
 //! `actor udp PORT` — one UDP datagram to 127.0.0.1:PORT.
 //! `actor spawn N PROG [ARGS]` — fork+exec PROG N times, one after another.
 //! `actor uring-open PATH` — one io_uring `IORING_OP_OPENAT` of PATH.
+//!
+//! Enforcement probes print `result ok` or `result errno=N` instead of
+//! failing:
+//! `actor uring-try PATH` — an io_uring `IORING_OP_OPENAT` of PATH.
+//! `actor chroot-open ROOT PATH` — chroot(ROOT), then open PATH.
+//! `actor bind-open SRC TARGET` — make the mount tree private, bind-mount
+//! SRC on TARGET, then open TARGET (run under `unshare -Urm`).
+//! `actor deep-open DIR NAME DEPTH FILE` — from DIR, descend DEPTH times
+//! into NAME with openat (creating the directories and FILE when
+//! `AGENTMON_CREATE` is set), then open FILE there: a path longer than
+//! PATH_MAX without ever passing one to the kernel.
+//! `actor denyloop SECS PATH [STOPFILE]` — open PATH for SECS seconds (or
+//! until STOPFILE exists); prints `opened N denied M`.
 
 use std::{
     ffi::CString,
@@ -19,6 +32,32 @@ use std::{
 
 fn open(path: &str) {
     std::fs::File::open(path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// Opens `path` read-only; 0 or the errno.
+fn try_open(path: &str) -> i32 {
+    let p = CString::new(path).unwrap();
+    // SAFETY: plain syscalls on a valid C string.
+    unsafe {
+        let fd = libc::open(p.as_ptr(), libc::O_RDONLY);
+        if fd < 0 {
+            return errno();
+        }
+        libc::close(fd);
+    }
+    0
+}
+
+fn report(errno: i32) {
+    if errno == 0 {
+        println!("result ok");
+    } else {
+        println!("result errno={errno}");
+    }
 }
 
 fn main() {
@@ -129,6 +168,108 @@ fn main() {
             // Replace this process (used to test tags across exec).
             let e = Command::new(&args[2]).args(&args[3..]).exec();
             panic!("exec {}: {e}", args[2]);
+        }
+        Some("uring-try") => {
+            let path = CString::new(args[2].as_str()).unwrap();
+            let mut ring = io_uring::IoUring::new(4).expect("io_uring_setup");
+            let op =
+                io_uring::opcode::OpenAt::new(io_uring::types::Fd(libc::AT_FDCWD), path.as_ptr())
+                    .flags(libc::O_RDONLY)
+                    .build();
+            // SAFETY: `path` outlives the submission, which completes below.
+            unsafe { ring.submission().push(&op).expect("sq push") };
+            ring.submit_and_wait(1).expect("io_uring_enter");
+            let r = ring.completion().next().expect("completion").result();
+            report(if r >= 0 { 0 } else { -r });
+        }
+        Some("chroot-open") => {
+            let root = CString::new(args[2].as_str()).unwrap();
+            // SAFETY: plain syscalls on valid C strings.
+            unsafe {
+                assert_eq!(libc::chroot(root.as_ptr()), 0, "chroot: {}", errno());
+                assert_eq!(libc::chdir(c"/".as_ptr()), 0);
+            }
+            report(try_open(&args[3]));
+        }
+        Some("bind-open") => {
+            let src = CString::new(args[2].as_str()).unwrap();
+            let dst = CString::new(args[3].as_str()).unwrap();
+            // SAFETY: plain syscalls on valid C strings.
+            unsafe {
+                let r = libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                );
+                assert_eq!(r, 0, "make / private: {}", errno());
+                let r = libc::mount(
+                    src.as_ptr(),
+                    dst.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                );
+                assert_eq!(r, 0, "bind mount: {}", errno());
+            }
+            report(try_open(&args[3]));
+        }
+        Some("deep-open") => {
+            let dir = CString::new(args[2].as_str()).unwrap();
+            let name = CString::new(args[3].as_str()).unwrap();
+            let depth: usize = args[4].parse().unwrap();
+            let file = CString::new(args[5].as_str()).unwrap();
+            let create = std::env::var_os("AGENTMON_CREATE").is_some();
+            // SAFETY: plain syscalls on valid C strings and owned fds.
+            unsafe {
+                let mut fd = libc::open(dir.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+                assert!(fd >= 0, "open {}: {}", args[2], errno());
+                for _ in 0..depth {
+                    if create {
+                        libc::mkdirat(fd, name.as_ptr(), 0o755);
+                    }
+                    let next = libc::openat(fd, name.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+                    if next < 0 {
+                        // A directory on the way is refused (a path past
+                        // PATH_MAX fails closed in a session).
+                        report(errno());
+                        return;
+                    }
+                    libc::close(fd);
+                    fd = next;
+                }
+                let flags = if create {
+                    libc::O_WRONLY | libc::O_CREAT
+                } else {
+                    libc::O_RDONLY
+                };
+                let f = libc::openat(fd, file.as_ptr(), flags, 0o644);
+                report(if f >= 0 { 0 } else { errno() });
+                if f >= 0 {
+                    libc::close(f);
+                }
+                libc::close(fd);
+            }
+        }
+        Some("denyloop") => {
+            let secs: u64 = args[2].parse().unwrap();
+            let start = std::time::Instant::now();
+            let (mut opened, mut denied) = (0u64, 0u64);
+            let stop = args.get(4).map(std::path::PathBuf::from);
+            let mut i = 0u64;
+            while start.elapsed().as_secs() < secs {
+                i += 1;
+                if i % 256 == 0 && stop.as_ref().is_some_and(|p| p.exists()) {
+                    break;
+                }
+                if try_open(&args[3]) == 0 {
+                    opened += 1;
+                } else {
+                    denied += 1;
+                }
+            }
+            println!("opened {opened} denied {denied}");
         }
         _ => {
             eprintln!("usage: actor opens DIR | tcp PORT | udp PORT | spawn N PROG [ARGS] | exec PROG [ARGS]");

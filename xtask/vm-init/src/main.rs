@@ -8,7 +8,8 @@
 //! 3. mounts the host's root read-only over 9p at `/host`, binds the guest's
 //!    /proc, /sys and /dev into it and puts tmpfs on `/host/tmp` and
 //!    `/host/run` for writable scratch space;
-//! 4. runs the command of `/agentmon/run` chrooted into `/host`;
+//! 4. moves `/host` onto `/` and runs the command of `/agentmon/run` in it
+//!    (switch_root style);
 //! 5. prints exactly one verdict line, `agentmon-vm: verdict success` or
 //!    `agentmon-vm: verdict failure (...)`, and powers the machine off.
 //!
@@ -268,7 +269,22 @@ fn run_command() -> Res<Verdict> {
     // SAFETY: only async-signal-safe syscalls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::chroot(root.as_ptr()) != 0 || libc::chdir(cwd.as_ptr()) != 0 {
+            // switch_root, not a plain chroot: the new root is moved onto
+            // "/" first, so the command is not "chrooted" in the kernel's
+            // eyes (a chrooted task may not create user namespaces, which
+            // the enforcement tests do).
+            let dot = c".".as_ptr();
+            if libc::chdir(root.as_ptr()) != 0
+                || libc::mount(
+                    dot,
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_MOVE,
+                    std::ptr::null(),
+                ) != 0
+                || libc::chroot(dot) != 0
+                || libc::chdir(cwd.as_ptr()) != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
