@@ -338,7 +338,7 @@ mod tests {
             })
             .map(|l| format!("{l}\n"))
             .collect();
-        assert!(uncommented.matches(" = ").count() >= 9, "{uncommented}");
+        assert!(uncommented.matches(" = ").count() >= 11, "{uncommented}");
         assert_eq!(
             Config::parse(Path::new("agentmon.toml"), &uncommented).unwrap(),
             Config::default(),

@@ -642,6 +642,29 @@ fn ci_action_script(ch: &Chroot) -> anyhow::Result<()> {
         .stderr(Stdio::null())
         .status()?;
     ensure!(st.code() == Some(5), "exit status not passed through: {st}");
+    // fail-on-deny: ci-strict denies connections by default (cgroup
+    // connect4, enforced on every kernel); the command ignores the failed
+    // connect, so the step fails only because of the denial.
+    let st = ch
+        .cmd(&["/bin/bash", "-c", "cd /tmp/ws && /tmp/agentmon-ci.sh"])
+        .env("AGENTMON_PACKAGE", "/tmp/agentmon.deb")
+        .env(
+            "AGENTMON_RUN",
+            "(exec 3<>/dev/tcp/192.0.2.1/80) 2>/dev/null; exit 0",
+        )
+        .env("AGENTMON_POLICY", "ci-strict")
+        .env("AGENTMON_FAIL_ON_DENY", "true")
+        .env("AGENTMON_SUMMARY_JSON", "/tmp/ws/summary3.json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .status()?;
+    let json = fs::read_to_string(ch.path("/tmp/ws/summary3.json"))?;
+    ensure!(
+        st.code() == Some(3),
+        "fail-on-deny did not fail the step: {st}; {json}"
+    );
+    let s: serde_json::Value = serde_json::from_str(&json)?;
+    ensure!(s["connections_denied"].as_u64() >= Some(1), "{json}");
     Ok(())
 }
 
