@@ -71,6 +71,88 @@ struct Enforcement {
     reloads: u64,
     reload_errors: u64,
     last_reload: Option<Value>,
+    /// Where each session's policy binding is kept for a restarted daemon.
+    state_dir: PathBuf,
+}
+
+/// What a restarted daemon needs to take over a session's policy.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SessionRecord {
+    policy_name: String,
+    policy_path: PathBuf,
+    workspace: PathBuf,
+    home: PathBuf,
+}
+
+impl Enforcement {
+    fn save(&self, id: &str) {
+        let Some(sp) = self.sessions.get(id) else {
+            return;
+        };
+        let rec = SessionRecord {
+            policy_name: sp.source.name.clone(),
+            policy_path: sp.source.path.clone(),
+            workspace: sp.ctx.workspace.clone(),
+            home: sp.ctx.home.clone(),
+        };
+        let _ = std::fs::create_dir_all(&self.state_dir);
+        let path = self.state_dir.join(format!("{id}.json"));
+        if let Err(e) = std::fs::write(&path, serde_json::to_vec(&rec).unwrap_or_default()) {
+            log::warn!("saving {}: {e}", path.display());
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        let _ = std::fs::remove_file(self.state_dir.join(format!("{id}.json")));
+    }
+
+    /// Takes over the policy of a session adopted from a previous daemon:
+    /// recompiles it from its file into a fresh slot and switches the
+    /// session over; its old slot is retired. Until then (and if this
+    /// fails) the pinned tables keep enforcing the old policy.
+    fn adopt(
+        &mut self,
+        table: &mut KernelSessions,
+        id: &str,
+        cgroup_id: u64,
+    ) -> Result<(), String> {
+        let path = self.state_dir.join(format!("{id}.json"));
+        let rec: SessionRecord = serde_json::from_slice(
+            &std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?,
+        )
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+        let source = enforce::PolicySource {
+            name: rec.policy_name,
+            path: rec.policy_path,
+        };
+        let ctx = crate::policy::CompileContext {
+            workspace: rec.workspace,
+            home: rec.home,
+            writable_roots: Vec::new(),
+        };
+        let old = table
+            .current(cgroup_id)
+            .and_then(monitor_common::policy::session_value::slot);
+        let mut c = enforce::compile_for(&source, &ctx, self.backend).map_err(|e| e.to_string())?;
+        let slot = self.maps.install(&mut c).map_err(|e| e.to_string())?;
+        for key in enforce::denied_hard_links(&c, &ctx.workspace, 200_000) {
+            self.maps.deny_inode(key, slot);
+        }
+        table.insert(cgroup_id, enforce::session_value_for(Some(slot)))?;
+        if let Some(o) = old {
+            self.maps.retire(o);
+        }
+        self.sessions.insert(
+            id.to_string(),
+            enforce::SessionPolicy {
+                source,
+                ctx,
+                slot,
+                compiled: vec![Arc::new(c)],
+            },
+        );
+        Ok(())
+    }
 }
 
 /// Counters kept in user space.
@@ -152,12 +234,19 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let parent = cgroup2.join(&opts.cgroup_parent);
     let manager = Manager::new(parent.clone()).context("creating the sessions' parent cgroup")?;
     let session_level = crate::cgroup::level(&cgroup2, &parent).unwrap_or(1) + 1;
+    let pin_dir = opts
+        .config
+        .enforcement
+        .pin_path
+        .join(format!("v{}", loader::PIN_ABI));
     let load = LoadOptions {
         session_level,
+        pin_dir: Some(pin_dir.clone()),
         ..opts.load.clone()
     };
     let mut ebpf = loader::load(&layout, &load).context("loading eBPF object")?;
-    let tp = loader::attach_observers(&mut ebpf);
+    let pin = Some(pin_dir.as_path());
+    let tp = loader::attach_observers(&mut ebpf, pin);
     let probes = features::probe_all(
         &mut ebpf,
         tp.as_ref()
@@ -169,7 +258,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     log::info!("file open events from: {open_source:?}");
     let lsm = match &open_source {
         loader::OpenSource::Lsm => {
-            loader::attach_enforcers(&mut ebpf)
+            loader::attach_enforcers(&mut ebpf, pin)
                 .context("attaching the BPF LSM enforcement hooks")?;
             true
         }
@@ -187,9 +276,8 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     )? {
         enforce::check_backend(&src, backend).context("checking the default policy")?;
     }
-    let mut policy_maps = enforce::PolicyMaps::new(&mut ebpf, &[])?;
-    policy_maps.refresh_fs_roots();
-    loader::attach_cgroup(&mut ebpf, &parent).context("attaching network programs")?;
+
+    loader::attach_cgroup(&mut ebpf, &parent, pin).context("attaching network programs")?;
     for p in &probes {
         log::info!(
             "feature {}: {}",
@@ -205,6 +293,20 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let table = KernelSessions(BpfHashMap::try_from(
         ebpf.take_map("SESSIONS").context("SESSIONS map missing")?,
     )?);
+    // Slots held by sessions a previous daemon left in the pinned maps.
+    let used: Vec<u32> = table
+        .0
+        .iter()
+        .filter_map(Result::ok)
+        .filter_map(|(_, v)| monitor_common::policy::session_value::slot(v))
+        .collect();
+    let mut policy_maps = enforce::PolicyMaps::new(&mut ebpf, &used)?;
+    policy_maps.refresh_fs_roots();
+    let state_dir = opts
+        .socket
+        .parent()
+        .map(|p| p.join("sessions"))
+        .unwrap_or_else(|| PathBuf::from("/run/agentmon/sessions"));
     let kernel_counters =
         PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map missing")?)?;
     let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
@@ -241,6 +343,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             reloads: 0,
             reload_errors: 0,
             last_reload: None,
+            state_dir,
         },
         out: {
             let otlp = match &opts.config.export.otlp {
@@ -280,6 +383,45 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         },
     };
     let adopted = state.manager.adopt_existing(&mut state.table);
+    for id in &adopted {
+        let Some(cg) = state.manager.sessions.get(id).map(|s| s.cgroup_id) else {
+            continue;
+        };
+        let has_policy = state
+            .table
+            .current(cg)
+            .and_then(monitor_common::policy::session_value::slot)
+            .is_some();
+        if has_policy {
+            let State { enf, table, .. } = &mut state;
+            match enf.adopt(table, id, cg) {
+                Ok(()) => log::info!("session {id}: policy taken over"),
+                Err(e) => log::warn!(
+                    "session {id}: its pinned policy stays in force, but it cannot be reloaded or named: {e}"
+                ),
+            }
+        }
+    }
+    // Entries of sessions that ended while no daemon ran.
+    let live: Vec<u64> = state
+        .manager
+        .sessions
+        .values()
+        .map(|s| s.cgroup_id)
+        .collect();
+    let stale: Vec<(u64, u32)> = state
+        .table
+        .0
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(k, _)| !live.contains(k))
+        .collect();
+    for (k, v) in stale {
+        let _ = state.table.remove(k);
+        if let Some(slot) = monitor_common::policy::session_value::slot(v) {
+            state.enf.maps.release(slot);
+        }
+    }
     if !adopted.is_empty() {
         log::info!(
             "adopted {} existing session(s): {}",
@@ -555,6 +697,7 @@ fn reload(st: &mut State) -> Value {
                 sp.compiled.truncate(4);
                 swapped.push(json!({"session_id": id, "policy": sp.source.name,
                     "generation": sp.generation(), "slot": slot}));
+                enf.save(&id);
             }
             Err(e) => {
                 enf.reload_errors += 1;
@@ -574,6 +717,7 @@ fn end_empty_sessions(st: &mut State) {
     for id in st.manager.empty_sessions() {
         if let Some(sp) = st.enf.sessions.remove(&id) {
             st.enf.maps.release(sp.slot);
+            st.enf.forget(&id);
         }
         if let Some(s) = st.manager.end(&mut st.table, &id) {
             log::info!("session {id} ended");
@@ -802,6 +946,7 @@ fn handle(st: &mut State, req: Request, pid: u32, uid: u32, gid: u32) -> Reply {
             let generation = prepared.as_ref().map(|p| p.generation());
             if let Some(p) = prepared {
                 enf.sessions.insert(s.id.clone(), p);
+                enf.save(&s.id);
             }
             if let Err(e) = manager.enter(&s.id, pid) {
                 manager.end(table, &s.id);

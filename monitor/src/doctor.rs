@@ -17,7 +17,49 @@ pub struct Report {
     pub lsm_list: Option<String>,
     pub lockdown: Option<String>,
     pub probes: Vec<Probe>,
+    /// Which protection runs in which mode on this kernel.
+    pub protections: Vec<(String, String)>,
     pub advice: Vec<String>,
+}
+
+/// Each protection and how it runs here, from the probes.
+fn protections(probes: &[Probe]) -> Vec<(String, String)> {
+    let ok = |k: &str| probes.iter().any(|p| p.kind == k && p.loaded);
+    let lsm = ok("lsm");
+    let file = if lsm {
+        "enforced in the kernel (BPF LSM file_open and inode hooks)".to_string()
+    } else {
+        "no BPF LSM: a policy enforcing it is refused unless [enforcement] fallback = \"audit\" \
+         (decided after the open, reported) or \"kill\" (SIGKILL after the open; see README)"
+            .to_string()
+    };
+    vec![
+        ("deny_read".into(), file),
+        (
+            "protected roots".into(),
+            if lsm {
+                "enforced in the kernel (BPF LSM inode hooks)".into()
+            } else {
+                "not enforced without BPF LSM (changes are observed by syscall tracepoints)".into()
+            },
+        ),
+        (
+            "exec rules".into(),
+            if lsm {
+                "enforced in the kernel (bprm_check_security)".into()
+            } else {
+                "not enforced without BPF LSM".into()
+            },
+        ),
+        (
+            "network rules".into(),
+            if ok("cgroup_sock_addr") {
+                "enforced in the kernel (cgroup connect/sendmsg hooks)".into()
+            } else {
+                "not available: cgroup sock_addr programs are refused".into()
+            },
+        ),
+    ]
 }
 
 fn read_trim(p: &str) -> Option<String> {
@@ -65,7 +107,7 @@ pub fn run() -> Report {
         .and_then(|l| Ok((l, loader::load(&l, &LoadOptions::default())?)))
     {
         Ok((_layout, mut ebpf)) => {
-            let tp = loader::attach_observers(&mut ebpf);
+            let tp = loader::attach_observers(&mut ebpf, None);
             if let Ok(src) = &tp {
                 gaps = crate::daemon::coverage_gaps(src);
             }
@@ -90,6 +132,7 @@ pub fn run() -> Report {
         btf,
         lsm_list,
         lockdown,
+        protections: protections(&probes),
         probes,
         advice,
     }
@@ -175,6 +218,10 @@ impl std::fmt::Display for Report {
                 _ => String::new(),
             };
             writeln!(f, "  {:<17} {verdict}{attach}", format!("{}:", p.kind))?;
+        }
+        writeln!(f, "protections on this kernel:")?;
+        for (what, how) in &self.protections {
+            writeln!(f, "  {:<17} {how}", format!("{what}:"))?;
         }
         if !self.advice.is_empty() {
             writeln!(f, "what to change:")?;

@@ -290,7 +290,7 @@ pub struct PolicyMaps {
     inodes: BpfHashMap<MapData, InodeKey, u32>,
     fsroots: BpfHashMap<MapData, InodeKey, FsRoot>,
     free: Vec<u32>,
-    /// Network keys written per slot, to clear them on release.
+    /// Network keys written per slot.
     net_keys: HashMap<u32, Vec<LpmKey>>,
     /// Slots replaced by a reload, cleared after a grace period.
     retiring: Vec<(Instant, u32)>,
@@ -367,7 +367,7 @@ impl PolicyMaps {
             keys.push(*k);
         }
         self.net_keys.insert(slot, keys);
-        self.dfa.set(slot, &*c.dfa, 0).map_err(map)?;
+        self.dfa.set(slot, *c.dfa, 0).map_err(map)?;
         self.cfg.set(slot, c.config, 0).map_err(map)?;
         Ok(())
     }
@@ -375,10 +375,17 @@ impl PolicyMaps {
     /// Empties a slot's tables.
     fn clear(&mut self, slot: u32) {
         let _ = self.cfg.set(slot, PolicyConfig::default(), 0);
-        for k in self.net_keys.remove(&slot).unwrap_or_default() {
-            let _ = self
-                .net
-                .remove(&Key::new(32 + k.prefixlen, slot_lpm_data(slot, &k.addr)));
+        self.net_keys.remove(&slot);
+        // Every entry of the slot, including those a previous daemon wrote.
+        let be = slot.to_be_bytes();
+        let keys: Vec<Key<[u8; 20]>> = self
+            .net
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.data()[..4] == be)
+            .collect();
+        for k in keys {
+            let _ = self.net.remove(&k);
         }
         // Inodes learned under this slot must not follow it to a new owner.
         let bit = 1u32 << (slot & 31);

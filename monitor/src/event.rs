@@ -514,6 +514,40 @@ pub mod encode {
         out
     }
 
+    /// A policy denial record.
+    pub fn policy(
+        header: EventHeader,
+        path: &[u8],
+        access: u16,
+        verdict: u8,
+        reason: u16,
+    ) -> Vec<u8> {
+        let size = std::mem::size_of::<PolicyEvent>() + path.len();
+        let ev = PolicyEvent {
+            header: EventHeader {
+                kind: kind::POLICY,
+                size: size as u32,
+                ..header
+            },
+            generation: 7,
+            ret: if verdict == monitor_common::verdict::DENIED {
+                -13
+            } else {
+                0
+            },
+            access,
+            verdict,
+            dfa: 1,
+            path_len: path.len() as u16,
+            reason,
+            arg: 0,
+            _pad: 0,
+        };
+        let mut out = raw(&ev);
+        out.extend_from_slice(path);
+        out
+    }
+
     pub fn file_open(header: EventHeader, path: &[u8], ret: i64, flags: u32) -> Vec<u8> {
         let size = std::mem::size_of::<FileOpenEvent>() + path.len();
         let ev = FileOpenEvent {
@@ -595,6 +629,50 @@ mod tests {
         assert_eq!(e.path, "/ws/.env");
         assert_eq!(e.ret, 3);
         assert_eq!(e.access, vec!["write", "create", "truncate"]);
+    }
+
+    #[test]
+    fn policy_round_trip() {
+        use monitor_common::{access, reason};
+        let rec = encode::policy(
+            header(),
+            b"/ws/.env",
+            access::READ,
+            verdict::DENIED,
+            reason::PATH,
+        );
+        let Ok(Event::Policy(p)) = decode(&rec) else {
+            panic!("{:?}", decode(&rec))
+        };
+        assert_eq!(
+            (
+                p.path.as_str(),
+                p.access,
+                p.decision,
+                p.reason,
+                p.ret,
+                p.policy_generation
+            ),
+            ("/ws/.env", "read", "denied", "path", -13, 7)
+        );
+        let rec = encode::policy(
+            header(),
+            b"/ws/x",
+            access::LINK_SOURCE,
+            verdict::WOULD_DENY,
+            reason::INODE,
+        );
+        let Ok(Event::Policy(p)) = decode(&rec) else {
+            panic!()
+        };
+        assert_eq!(
+            (p.access, p.decision, p.reason),
+            ("link_source", "would_deny", "inode")
+        );
+        // A record whose path length runs past its size is an error.
+        let mut bad = rec.clone();
+        bad.truncate(bad.len() - 2);
+        assert!(decode(&bad).is_err());
     }
 
     #[test]

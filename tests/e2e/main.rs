@@ -5,79 +5,16 @@
 //! Codex is installed from the npm registry by `cargo xtask setup --e2e`
 //! into `$AGENTMON_CODEX_DIR` (default `~/.cache/agentmon/codex`).
 
-use std::{path::PathBuf, process::Stdio, time::Duration};
+use std::{process::Stdio, time::Duration};
 
 use agentmon_tests::{
-    agentmon_bin,
+    codex::{codex_bin, codex_home},
     fake_model::{FakeModel, ScriptedCall},
     is_root, marker,
     otlp_receiver::OtlpReceiver,
     strs, Daemon,
 };
 use serde_json::Value;
-
-/// The Codex CLI installed by `cargo xtask setup --e2e`.
-fn codex_bin() -> PathBuf {
-    let dir = std::env::var_os("AGENTMON_CODEX_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/agentmon/codex")
-        });
-    let bin = dir.join("node_modules/.bin/codex");
-    assert!(
-        bin.exists(),
-        "Codex CLI not found at {}; run `cargo xtask setup --e2e`",
-        bin.display()
-    );
-    bin
-}
-
-/// A workspace and a CODEX_HOME configured for the fake provider, with
-/// agentmon's Codex hook installed.
-fn codex_home(model: &FakeModel, tag: &str, otlp_http: &str) -> (PathBuf, PathBuf) {
-    let base = std::env::temp_dir().join(format!("agentmon-e2e-{tag}"));
-    let ws = base.join("ws");
-    let home = base.join("codex-home");
-    std::fs::create_dir_all(&ws).unwrap();
-    std::fs::create_dir_all(&home).unwrap();
-    std::fs::write(ws.join(".env"), "SECRET=hunter2\n").unwrap();
-    std::fs::write(ws.join("README.md"), "hello\n").unwrap();
-    let config = format!(
-        r#"model = "fake-model"
-model_provider = "fake"
-approval_policy = "never"
-sandbox_mode = "workspace-write"
-check_for_update_on_startup = false
-
-[model_providers.fake]
-name = "local fake"
-base_url = "{}"
-wire_api = "responses"
-env_key = "FAKE_API_KEY"
-request_max_retries = 0
-stream_max_retries = 0
-
-[features]
-hooks = true
-
-[analytics]
-enabled = false
-
-[otel]
-environment = "agentmon-e2e"
-exporter = {{ otlp-http = {{ endpoint = "{}", protocol = "json" }} }}
-"#,
-        model.base_url(),
-        otlp_http
-    );
-    std::fs::write(home.join("config.toml"), config).unwrap();
-    let hook = format!("{} hook codex", agentmon_bin().display());
-    let hooks = serde_json::json!({"hooks": {"SessionStart": [{"matcher": "startup|resume",
-        "hooks": [{"type": "command", "command": hook, "timeout": 10}]}]}});
-    std::fs::write(home.join("hooks.json"), hooks.to_string()).unwrap();
-    (ws.canonicalize().unwrap(), home)
-}
 
 #[test]
 fn codex_commands_are_exec_events_joined_to_its_ids() {
@@ -101,7 +38,7 @@ fn codex_commands_are_exec_events_joined_to_its_ids() {
     // One OTLP receiver for both: Codex's own exporter (HTTP/JSON) and
     // agentmon's (gRPC), as a collector would see them.
     let receiver = OtlpReceiver::start().unwrap();
-    let (ws, home) = codex_home(&model, &m, &receiver.http_logs_url());
+    let (ws, home) = codex_home(&model, &m, &receiver.http_logs_url(), "workspace-write");
     let cfg = ws.parent().unwrap().join("agentmon.toml");
     std::fs::write(
         &cfg,

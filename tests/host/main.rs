@@ -1,6 +1,7 @@
 //! Host tier: the real eBPF programs on this machine's kernel (root).
 
 mod control;
+mod enforce;
 mod observe;
 
 /// The helper binary that performs known operations.

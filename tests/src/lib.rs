@@ -2,6 +2,7 @@
 //! collect its JSON events, wait for them with deadlines (never fixed
 //! sleeps).
 
+pub mod codex;
 pub mod fake_model;
 
 use std::{
@@ -50,7 +51,10 @@ pub fn is_root() -> bool {
 /// control socket and sessions' parent cgroup, so tests can run in
 /// parallel.
 pub struct Daemon {
-    child: Child,
+    child: Option<Child>,
+    /// bpffs directory of this daemon's pins.
+    pub pin: PathBuf,
+    args: Vec<String>,
     /// Control socket of this daemon.
     pub socket: PathBuf,
     /// Name of this daemon's parent cgroup (below the cgroup2 mount).
@@ -65,23 +69,40 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts `agentmon daemon --stdout <args>` and waits for readiness.
+    /// Each daemon gets its own socket, cgroup parent, store and bpffs pin
+    /// directory.
     pub fn start(args: &[&str]) -> Self {
         let tag = format!("{:012x}", rand::random::<u64>() >> 16);
         let dir = std::env::temp_dir().join(format!("agentmon-test-{tag}"));
         std::fs::create_dir_all(&dir).unwrap();
-        let socket = dir.join("agentmon.sock");
-        let cgroup_parent = format!("agentmon-test-{tag}");
-        let db = dir.join("events.db");
+        let mut d = Daemon {
+            child: None,
+            socket: dir.join("agentmon.sock"),
+            cgroup_parent: format!("agentmon-test-{tag}"),
+            db: dir.join("events.db"),
+            pin: PathBuf::from(format!("/sys/fs/bpf/agentmon-test-{tag}")),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            events: mpsc::channel().1,
+            seen: Vec::new(),
+            stderr_tail: Default::default(),
+        };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
         let mut child = Command::new(agentmon_bin())
             .arg("daemon")
             .arg("--stdout")
             .arg("--socket")
-            .arg(&socket)
+            .arg(&self.socket)
             .arg("--cgroup-parent")
-            .arg(&cgroup_parent)
+            .arg(&self.cgroup_parent)
             .arg("--store-path")
-            .arg(&db)
-            .args(args)
+            .arg(&self.db)
+            .arg("--pin-path")
+            .arg(&self.pin)
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -103,8 +124,7 @@ impl Daemon {
             }
         });
         let (ready_tx, ready_rx) = mpsc::channel();
-        let stderr_tail = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let tail = stderr_tail.clone();
+        let tail = self.stderr_tail.clone();
         let stderr = child.stderr.take().unwrap();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
@@ -120,23 +140,29 @@ impl Daemon {
                 }
             }
         });
-        let mut d = Daemon {
-            child,
-            socket,
-            cgroup_parent,
-            db,
-            events,
-            seen: Vec::new(),
-            stderr_tail,
-        };
+        self.events = events;
+        self.child = Some(child);
         if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
-            let status = d.child.try_wait().ok().flatten();
+            let status = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
             panic!(
                 "daemon not ready within 60 s (exit: {status:?}); stderr: {:?}",
-                d.stderr_tail.lock().unwrap()
+                self.stderr_tail.lock().unwrap()
             );
         }
-        d
+    }
+
+    /// Kills the daemon with SIGKILL (no cleanup of any kind), then starts
+    /// a new one on the same socket, cgroup parent, store and pins.
+    pub fn kill9_and_restart(&mut self, between: impl FnOnce()) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        between();
+        self.spawn();
     }
 
     /// Waits until an event satisfying `pred` arrives, or panics at the
@@ -179,7 +205,7 @@ impl Daemon {
 impl Daemon {
     /// The daemon's pid.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
     /// `agentmon ARGS` talking to this daemon.
@@ -264,18 +290,25 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                cleanup_cgroup(&self.cgroup_parent);
-                return;
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut exited = false;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    exited = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(Duration::from_millis(20));
+            if !exited {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // Pinned links keep programs attached after the daemon: unpin them.
+        let _ = std::fs::remove_dir_all(&self.pin);
         cleanup_cgroup(&self.cgroup_parent);
     }
 }

@@ -23,15 +23,21 @@ use monitor::{
 
 #[path = "../host/control.rs"]
 mod control;
+/// Network enforcement and the no-LSM fallback (skipped where LSM exists).
+#[path = "../host/enforce.rs"]
+mod host_enforce;
 /// The host tier's observability and control-socket tests, repeated on the
 /// VM kernels (where the LSM file_open hook is the open-event source).
 #[path = "../host/observe.rs"]
 mod observe;
 
 /// Enforcement tests that need BPF LSM.
+mod bench;
 mod bypass;
+mod codex;
 mod enforce;
 mod reload;
+mod restart;
 
 /// Skips (outside the VM) or fails (inside) unless root and BPF LSM are
 /// available.

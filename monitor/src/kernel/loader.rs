@@ -1,5 +1,7 @@
 //! Loading the embedded eBPF object with this kernel's offsets.
 
+use std::path::{Path, PathBuf};
+
 use aya::{programs::TracePoint, Ebpf, EbpfLoader};
 use monitor_common::{scope, InodeOffsets, KernelOffsets, TracepointOffsets};
 
@@ -28,6 +30,12 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
+    #[error("pinning {path}: {source}")]
+    Pin {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("program `{name}` is missing from the eBPF object")]
     NoProgram { name: String },
     #[error("program `{name}`: {source}")]
@@ -45,6 +53,10 @@ pub struct LoadOptions {
     pub scope_mode: u32,
     /// cgroup hierarchy level of session cgroups.
     pub session_level: u32,
+    /// bpffs directory in which the state maps are pinned (reused when
+    /// already there) and the enforcing links are pinned. `None`: nothing
+    /// is pinned (tests, `doctor`).
+    pub pin_dir: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -52,8 +64,74 @@ impl Default for LoadOptions {
         Self {
             scope_mode: scope::SESSIONS,
             session_level: 2,
+            pin_dir: None,
         }
     }
+}
+
+/// Version of the pinned maps' layouts: pins live under
+/// `<pin_path>/v<PIN_ABI>`, so a daemon never adopts maps of another
+/// layout. Bump it with any change to a pinned map's key or value.
+pub const PIN_ABI: u32 = 1;
+
+/// Maps whose content must outlive the daemon: sessions, policy, process
+/// tags, and the ring buffer the pinned programs write to.
+pub const PINNED_MAPS: &[&str] = &[
+    "SESSIONS",
+    "PROCS",
+    "COUNTERS",
+    "EVENTS",
+    "DFA_SLOTS",
+    "POLICY",
+    "NET_RULES",
+    "DENIED_INODES",
+    "FS_ROOTS",
+];
+
+/// Mounts bpffs on /sys/fs/bpf when nothing is mounted there.
+pub fn ensure_bpffs(dir: &Path) -> Result<(), LoadError> {
+    let mounted = std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            f.len() > 2 && f[2] == "bpf" && dir.starts_with(f[1])
+        });
+    if mounted {
+        return Ok(());
+    }
+    let root = Path::new("/sys/fs/bpf");
+    nix::mount::mount(
+        Some("bpf"),
+        root,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| LoadError::Pin {
+        path: root.display().to_string(),
+        source: std::io::Error::from(e),
+    })
+}
+
+/// Pins `link` at `path`, replacing (and so detaching) a link pinned there
+/// by an earlier daemon. The new link is attached before the old one goes,
+/// so there is no moment without the program.
+pub fn replace_pin(link: aya::programs::links::FdLink, path: &Path) -> Result<(), LoadError> {
+    let err = |source: std::io::Error| LoadError::Pin {
+        path: path.display().to_string(),
+        source,
+    };
+    if path.exists() {
+        if let Ok(old) = aya::programs::links::PinnedLink::from_pin(path) {
+            drop(old.unpin().map_err(err)?);
+        } else {
+            std::fs::remove_file(path).map_err(err)?;
+        }
+    }
+    link.pin(path)
+        .map_err(|e| err(std::io::Error::other(e.to_string())))?;
+    Ok(())
 }
 
 /// Everything resolved from the running kernel before loading.
@@ -84,14 +162,26 @@ pub fn load(layout: &KernelLayout, opts: &LoadOptions) -> Result<Ebpf, LoadError
     if EBPF_OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }
-    let ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    loader
         .override_global("OFFSETS", &layout.offsets, true)
         .override_global("TP", &layout.tracepoints, true)
         .override_global("SCOPE_MODE", &opts.scope_mode, true)
         .override_global("SESSION_LEVEL", &opts.session_level, true)
-        .override_global("INODE_OFFSETS", &layout.inode, true)
-        .load(EBPF_OBJECT)?;
-    Ok(ebpf)
+        .override_global("INODE_OFFSETS", &layout.inode, true);
+    if let Some(dir) = &opts.pin_dir {
+        ensure_bpffs(dir)?;
+        for sub in [dir.clone(), dir.join("links")] {
+            std::fs::create_dir_all(&sub).map_err(|source| LoadError::Pin {
+                path: sub.display().to_string(),
+                source,
+            })?;
+        }
+        for name in PINNED_MAPS {
+            loader.map_pin_path(name, dir.join(name));
+        }
+    }
+    Ok(loader.load(EBPF_OBJECT)?)
 }
 
 /// Classic tracepoints attached on every kernel: (program, category, name).
@@ -156,7 +246,7 @@ pub enum OpenSource {
 /// tp_btf program, and file opens from the LSM hook where the kernel allows
 /// it (tracepoints otherwise). The cgroup programs are attached by
 /// [`attach_cgroup`] once the agentmon cgroup exists.
-pub fn attach_observers(ebpf: &mut Ebpf) -> Result<OpenSource, LoadError> {
+pub fn attach_observers(ebpf: &mut Ebpf, pin: Option<&Path>) -> Result<OpenSource, LoadError> {
     for (prog, cat, name) in TRACEPOINTS {
         attach_tracepoint(ebpf, prog, cat, name)?;
     }
@@ -165,7 +255,7 @@ pub fn attach_observers(ebpf: &mut Ebpf) -> Result<OpenSource, LoadError> {
         name: "sched_process_fork".into(),
         source: aya::programs::ProgramError::Btf(e),
     })?;
-    let source = match attach_lsm(ebpf, "lsm_file_open", "file_open", &btf) {
+    let source = match attach_lsm(ebpf, "lsm_file_open", "file_open", &btf, pin) {
         Ok(()) => OpenSource::Lsm,
         Err(e) => {
             for (prog, cat, name) in OPEN_TRACEPOINTS {
@@ -183,7 +273,11 @@ pub fn attach_observers(ebpf: &mut Ebpf) -> Result<OpenSource, LoadError> {
     };
     let p: &mut aya::programs::BtfTracePoint = program(ebpf, prog)?;
     p.load("sched_process_fork", &btf).map_err(err)?;
-    p.attach().map_err(err)?;
+    let id = p.attach().map_err(err)?;
+    if let Some(dir) = pin {
+        let link = p.take_link(id).map_err(err)?;
+        replace_pin(link.into(), &dir.join("links").join(prog))?;
+    }
     Ok(source)
 }
 
@@ -193,6 +287,7 @@ pub fn attach_lsm(
     prog: &str,
     hook: &str,
     btf: &aya::Btf,
+    pin: Option<&Path>,
 ) -> Result<(), LoadError> {
     let err = |source| LoadError::Program {
         name: prog.to_string(),
@@ -200,14 +295,22 @@ pub fn attach_lsm(
     };
     let p: &mut aya::programs::Lsm = program(ebpf, prog)?;
     p.load(hook, btf).map_err(err)?;
-    p.attach().map_err(err)?;
+    let id = p.attach().map_err(err)?;
+    if let Some(dir) = pin {
+        let link = p.take_link(id).map_err(err)?;
+        replace_pin(link.into(), &dir.join("links").join(prog))?;
+    }
     Ok(())
 }
 
 /// Attaches the network programs to `cgroup` (the agentmon parent cgroup)
 /// with bpf links (which never exclude other programs), so every session
 /// cgroup below inherits them.
-pub fn attach_cgroup(ebpf: &mut Ebpf, cgroup: &std::path::Path) -> Result<(), LoadError> {
+pub fn attach_cgroup(
+    ebpf: &mut Ebpf,
+    cgroup: &std::path::Path,
+    pin: Option<&Path>,
+) -> Result<(), LoadError> {
     let dir = std::fs::File::open(cgroup).map_err(|e| LoadError::Cgroup {
         path: cgroup.display().to_string(),
         source: e,
@@ -219,8 +322,17 @@ pub fn attach_cgroup(ebpf: &mut Ebpf, cgroup: &std::path::Path) -> Result<(), Lo
         };
         let p: &mut aya::programs::CgroupSockAddr = program(ebpf, prog)?;
         p.load().map_err(err)?;
-        p.attach(&dir, aya::programs::CgroupAttachMode::Single)
+        let id = p
+            .attach(&dir, aya::programs::CgroupAttachMode::Single)
             .map_err(err)?;
+        if let Some(pin) = pin {
+            let link = p.take_link(id).map_err(err)?;
+            // A bpf link when the kernel has them (5.7+); a legacy
+            // attachment cannot be pinned and is left as it is.
+            if let Ok(fd) = aya::programs::links::FdLink::try_from(link) {
+                replace_pin(fd, &pin.join("links").join(prog))?;
+            }
+        }
     }
     Ok(())
 }
@@ -302,13 +414,13 @@ pub const LSM_ENFORCERS: &[(&str, &str)] = &[
 
 /// Attaches [`LSM_ENFORCERS`] (after `lsm_file_open` attached, so BPF LSM
 /// is known to work).
-pub fn attach_enforcers(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+pub fn attach_enforcers(ebpf: &mut Ebpf, pin: Option<&Path>) -> Result<(), LoadError> {
     let btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::Program {
         name: "lsm".into(),
         source: aya::programs::ProgramError::Btf(e),
     })?;
     for (prog, hook) in LSM_ENFORCERS {
-        attach_lsm(ebpf, prog, hook, &btf)?;
+        attach_lsm(ebpf, prog, hook, &btf, pin)?;
     }
     Ok(())
 }

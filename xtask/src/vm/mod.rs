@@ -49,9 +49,10 @@ pub enum Inject {
 
 /// `cargo xtask vm-test`: setup, build, then the VM runs.
 pub fn run(args: VmArgs) -> anyhow::Result<()> {
+    // The VM tier also runs Codex (enforcement end-to-end).
     setup::run(setup::Needs {
         vm: true,
-        e2e: false,
+        e2e: true,
         package: false,
     })?;
     let bin = build::all(true)?;
@@ -193,6 +194,10 @@ fn run_spec(
         format!("env=AGENTMON_BIN={}", agentmon.display()),
         "env=AGENTMON_VM=1".into(),
         format!("env=AGENTMON_VM_KERNEL={name}"),
+        format!(
+            "env=AGENTMON_CODEX_DIR={}",
+            crate::setup::codex_dir().display()
+        ),
         format!("arg={}", test_bin.display()),
         "arg=--test-threads=1".into(),
     ];

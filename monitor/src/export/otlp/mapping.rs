@@ -50,7 +50,8 @@ pub enum Decision {
 
 pub fn decision(record: &Value) -> Decision {
     match record.get("decision").and_then(Value::as_str) {
-        Some("denied") => Decision::Denied,
+        // `killed`: the kill fallback without BPF LSM, a denial too.
+        Some("denied" | "killed") => Decision::Denied,
         Some("would_deny") => Decision::WouldDeny,
         _ => Decision::Other,
     }
@@ -60,6 +61,10 @@ pub fn decision(record: &Value) -> Decision {
 pub fn event_name(record: &Value) -> &'static str {
     if decision(record) == Decision::Denied {
         return EVENT_DENIED;
+    }
+    if record.get("kind").and_then(Value::as_str) == Some("policy") {
+        // A file or exec decision in audit mode.
+        return "agentmon.policy.would_deny";
     }
     match kind_index(record) {
         0 => "agentmon.process.exec",
