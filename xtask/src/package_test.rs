@@ -375,10 +375,27 @@ fn checks(ch: &Chroot, deb: &Path) -> anyhow::Result<()> {
     // when it has any; the directory stands in for them otherwise, so the
     // remove/purge checks below always have something to check.
     let pins = ch.path("/sys/fs/bpf/agentmon");
-    if !pins.exists() {
+    if pins.exists() {
+        eprintln!(
+            "package: pinned by the daemon: {}",
+            output(Command::new("find").arg(&pins).args(["-mindepth", "1"]))?
+                .replace(&*pins.to_string_lossy(), "")
+                .replace('\n', " ")
+        );
+    } else {
         fs::create_dir_all(&pins)?;
         eprintln!("package: the daemon pinned nothing; checking purge with an empty pin directory");
     }
+    let sessions = sessions(ch, &mut daemon);
+    if let Err(e) = sessions {
+        return Err(e.context(format!("daemon log:\n{}", daemon.log_text())));
+    }
+    step.done();
+    package_lifecycle(ch, &pins, &parent, parent_existed)
+}
+
+/// Sessions against the running daemon, then its orderly stop.
+fn sessions(ch: &Chroot, daemon: &mut Daemon) -> anyhow::Result<()> {
     ch.ok(&["agentmon", "run", "--quiet", "--", "/bin/true"])?;
     let code = ch
         .cmd(&[
@@ -433,9 +450,16 @@ fn checks(ch: &Chroot, deb: &Path) -> anyhow::Result<()> {
         "package: session pkg-test-1: {}",
         summary.replace('\n', " ")
     );
-    daemon.stop()?;
-    step.done();
+    daemon.stop()
+}
 
+/// Upgrade, the CI script, remove and purge.
+fn package_lifecycle(
+    ch: &Chroot,
+    pins: &Path,
+    parent: &Path,
+    parent_existed: bool,
+) -> anyhow::Result<()> {
     let step = Step::new("package: upgrade (dpkg -i again) keeps pins and config edits");
     let conf = ch.path("/etc/agentmon/agentmon.toml");
     let edited = format!("{}\n# local edit\n", fs::read_to_string(&conf)?.trim_end());
