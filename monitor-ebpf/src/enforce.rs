@@ -4,6 +4,10 @@
 //! A decision never depends on the ring buffer: the hook's return value is
 //! computed first, and a record that does not fit is counted as a loss.
 
+// Map keys and values are passed by reference, as the verified programs
+// have them; clippy's by-value form is left to the enforcement work.
+#![allow(clippy::needless_borrows_for_generic_args)]
+
 use core::{ffi::c_void, mem::size_of};
 
 use aya_ebpf::{

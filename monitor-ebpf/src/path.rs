@@ -6,6 +6,10 @@
 //! component per `bpf_loop` iteration keeps the verifier cost flat whatever
 //! the depth. The result is relative to the task's root, as `d_path` is.
 
+// Map keys and values are passed by reference, as the verified programs
+// have them; clippy's by-value form is left to the enforcement work.
+#![allow(clippy::needless_borrows_for_generic_args)]
+
 use core::ffi::c_void;
 
 use aya_ebpf::{

@@ -26,6 +26,17 @@ pub enum ConfigError {
         column: usize,
         message: String,
     },
+    #[error(
+        "{path}:{line}:{column}: daemon.policy_dir {dir:?} is not a readable directory: {source}"
+    )]
+    PolicyDir {
+        path: String,
+        line: usize,
+        column: usize,
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// `[daemon]`
@@ -128,13 +139,16 @@ pub struct Config {
 }
 
 impl Config {
-    /// Reads and validates a file.
+    /// Reads and validates a file: besides [`Config::parse`], a
+    /// `daemon.policy_dir` set in the file must be a readable directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(path, &text)
+        let c = Self::parse(path, &text)?;
+        check_policy_dir(path, &text)?;
+        Ok(c)
     }
 
     /// Parses text; `path` is only used in messages.
@@ -148,6 +162,41 @@ impl Config {
                 message: e.message().trim().to_string(),
             }
         })
+    }
+}
+
+/// A `daemon.policy_dir` the file sets must be readable now, so that a
+/// typo stops the daemon at start rather than failing sessions later. (The
+/// default directory may be absent: then no policies are installed.)
+fn check_policy_dir(path: &Path, text: &str) -> Result<(), ConfigError> {
+    #[derive(Deserialize)]
+    struct File {
+        daemon: Option<Daemon>,
+    }
+    #[derive(Deserialize)]
+    struct Daemon {
+        policy_dir: Option<toml::Spanned<PathBuf>>,
+    }
+    let Ok(File {
+        daemon: Some(Daemon {
+            policy_dir: Some(dir),
+        }),
+    }) = toml::from_str::<File>(text)
+    else {
+        return Ok(());
+    };
+    match std::fs::read_dir(dir.get_ref()) {
+        Ok(_) => Ok(()),
+        Err(source) => {
+            let (line, column) = line_col(text, dir.span().start);
+            Err(ConfigError::PolicyDir {
+                path: path.display().to_string(),
+                line,
+                column,
+                dir: dir.get_ref().display().to_string(),
+                source,
+            })
+        }
     }
 }
 
@@ -237,6 +286,64 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().starts_with("a.toml:2:"), "{e}");
+    }
+
+    #[test]
+    fn a_policy_dir_that_cannot_be_read_names_file_line_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("agentmon.toml");
+        let load = |policy_dir: &Path| {
+            let text = format!(
+                "[daemon]\npolicy_dir = {:?}\n",
+                policy_dir.display().to_string()
+            );
+            std::fs::write(&cfg, text).unwrap();
+            Config::load(&cfg).map_err(|e| e.to_string())
+        };
+        let missing = dir.path().join("no-such-dir");
+        let e = load(&missing).unwrap_err();
+        let want = format!("{}:2:14: daemon.policy_dir ", cfg.display());
+        assert!(e.starts_with(&want), "{e}");
+        assert!(e.contains("no-such-dir"), "{e}");
+        assert!(e.contains("No such file or directory"), "{e}");
+        // A file where a directory is expected.
+        let e = load(&cfg).unwrap_err();
+        assert!(e.contains("Not a directory"), "{e}");
+        // A readable directory is fine, and so is the default one being
+        // absent when the file does not set the key.
+        let c = load(dir.path()).unwrap();
+        assert_eq!(c.daemon.policy_dir, dir.path());
+        std::fs::write(&cfg, "[daemon]\ncgroup_parent = \"x\"\n").unwrap();
+        assert!(Config::load(&cfg).is_ok());
+    }
+
+    /// The shipped `/etc/agentmon/agentmon.toml` (packaging/agentmon.toml)
+    /// must parse as it is, and its commented-out defaults (lines starting
+    /// with `#` directly followed by a key or a section) must be exactly
+    /// the code's defaults.
+    #[test]
+    fn the_shipped_config_documents_the_real_defaults() {
+        let shipped = include_str!("../../packaging/agentmon.toml");
+        assert_eq!(
+            Config::parse(Path::new("agentmon.toml"), shipped).unwrap(),
+            Config::default()
+        );
+        let uncommented: String = shipped
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest) if rest.starts_with(|c: char| c.is_ascii_alphabetic() || c == '[') => {
+                    rest
+                }
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(uncommented.matches(" = ").count() >= 11, "{uncommented}");
+        assert_eq!(
+            Config::parse(Path::new("agentmon.toml"), &uncommented).unwrap(),
+            Config::default(),
+            "{uncommented}"
+        );
     }
 
     #[test]

@@ -367,6 +367,9 @@ impl PolicyMaps {
             keys.push(*k);
         }
         self.net_keys.insert(slot, keys);
+        // By reference: clippy's `*c.dfa` would copy the large tables onto
+        // the stack (it overflowed a tokio worker's stack in the package tier).
+        #[allow(clippy::needless_borrows_for_generic_args)]
         self.dfa.set(slot, &*c.dfa, 0).map_err(map)?;
         self.cfg.set(slot, c.config, 0).map_err(map)?;
         Ok(())

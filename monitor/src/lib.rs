@@ -3,6 +3,7 @@
 //! binary itself is a thin CLI over it.
 
 pub mod cgroup;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod control;

@@ -2,8 +2,9 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::Parser;
 use monitor::{
+    cli::{Cli, Cmd, HookAgent, Scope},
     client,
     config::{Config, DEFAULT_CONFIG},
     control, daemon, doctor,
@@ -11,106 +12,6 @@ use monitor::{
     store,
 };
 use monitor_common::scope;
-
-#[derive(Parser)]
-#[command(
-    name = "agentmon",
-    version,
-    about = "Kernel-level guardrails and a flight recorder for AI coding agents"
-)]
-struct Cli {
-    /// Control socket path [default: the config's, else /run/agentmon/agentmon.sock].
-    #[arg(long, global = true, env = "AGENTMON_SOCKET")]
-    socket: Option<PathBuf>,
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Scope {
-    /// Only processes inside agentmon sessions (the default).
-    Sessions,
-    /// Every process on the host (debugging and demos).
-    All,
-}
-
-#[derive(Subcommand)]
-enum HookAgent {
-    /// For Codex `hooks.json` / managed hooks: attach Codex's session id.
-    Codex,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Run the daemon in the foreground.
-    Daemon {
-        /// Configuration file [default: /etc/agentmon/agentmon.toml if it exists].
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Print one JSON line per event on stdout.
-        #[arg(long)]
-        stdout: bool,
-        /// Event store database [config: store.path].
-        #[arg(long)]
-        store_path: Option<PathBuf>,
-        /// Which processes to observe.
-        #[arg(long, value_enum, default_value_t = Scope::Sessions)]
-        scope: Scope,
-        /// Group whose members (besides root) may create sessions [config: daemon.group].
-        #[arg(long)]
-        group: Option<String>,
-        /// Parent cgroup of all sessions, below the cgroup2 mount [config: daemon.cgroup_parent].
-        #[arg(long)]
-        cgroup_parent: Option<String>,
-        /// Without BPF LSM, what file/exec rules in enforce mode do: refuse, audit or kill
-        /// [config: enforcement.fallback, default refuse].
-        #[arg(long)]
-        fallback: Option<monitor::enforce::Fallback>,
-        /// bpffs directory for pinned programs and maps [config: enforcement.pin_path].
-        #[arg(long)]
-        pin_path: Option<PathBuf>,
-    },
-    /// Run a command in a new agentmon session (the exit code passes through).
-    Run {
-        /// Session id (default: a new UUIDv7).
-        #[arg(long)]
-        session: Option<String>,
-        /// Policy name.
-        #[arg(long)]
-        policy: Option<String>,
-        /// Workspace directory (default: the current directory).
-        #[arg(long)]
-        workspace: Option<String>,
-        /// Do not print the session id on stderr.
-        #[arg(long, short)]
-        quiet: bool,
-        #[arg(last = true, required = true)]
-        command: Vec<String>,
-    },
-    /// Agent hooks: read a hook payload on stdin.
-    Hook {
-        #[command(subcommand)]
-        agent: HookAgent,
-    },
-    /// Live backends, sessions and loss counters of the running daemon.
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Query the local event store.
-    Events(store::cli::EventsArgs),
-    /// Validate a policy, explain its decisions, import Codex settings.
-    Policy {
-        #[command(subcommand)]
-        cmd: monitor::policy::cli::PolicyCmd,
-    },
-    /// Report what this kernel supports, from real load attempts.
-    Doctor {
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-}
 
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -198,6 +99,13 @@ fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{report}");
+            }
+            Ok(())
+        }
+        Cmd::Summary(args) => std::process::exit(store::summary::main(&args)),
+        Cmd::GenerateAssets { dir } => {
+            for f in monitor::cli::write_assets(&dir)? {
+                println!("{}", f.display());
             }
             Ok(())
         }

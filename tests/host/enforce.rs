@@ -81,7 +81,7 @@ fn network_rules_deny_cidr_and_port_with_eperm() {
          except OSError as e:\n\
          \x20   print('udp errno', e.errno)\n"
     );
-    let script = format!("python3 -c \"$PY\"");
+    let script = "python3 -c \"$PY\"".to_string();
     let id = format!("{m}-s");
     let out = d
         .cli()

@@ -100,7 +100,8 @@ fn lsm_open_overhead_figures() {
         c.arg("--").arg(actor()).args(["openloop", N]).arg(&file);
         c
     };
-    let configs: Vec<(&str, Box<dyn Fn() -> Command>)> = vec![
+    type MakeCmd<'a> = Box<dyn Fn() -> Command + 'a>;
+    let configs: Vec<(&str, MakeCmd)> = vec![
         ("outside sessions", Box::new(plain)),
         ("session, no policy", Box::new(|| in_session(None))),
         ("session, 0 deny globs", Box::new(|| in_session(Some(&p0)))),

@@ -2,6 +2,8 @@
 
 mod bench;
 mod build;
+mod package;
+mod package_test;
 mod setup;
 mod test;
 mod util;
@@ -31,6 +33,9 @@ enum Cmd {
         /// bpftrace from Debian's packages).
         #[arg(long)]
         bench: bool,
+        /// Also install what the package tier needs (debootstrap).
+        #[arg(long)]
+        package: bool,
     },
     /// Build the eBPF object only.
     BuildEbpf,
@@ -47,6 +52,12 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Build the Debian package (target/package/agentmon_VERSION_ARCH.deb).
+    Package,
+    /// The package tier's checks in a private mount namespace (started by
+    /// the tier itself under unshare).
+    #[command(hide = true)]
+    PackageTestInner(package_test::InnerArgs),
     /// Run every test tier: lint, unit, host integration (root), VM.
     Test(test::TestArgs),
     /// Benchmarks, side by side with a baseline (root).
@@ -58,7 +69,17 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Setup { vm, e2e, bench } => setup::run(setup::Needs { vm, e2e, bench }),
+        Cmd::Setup {
+            vm,
+            e2e,
+            bench,
+            package,
+        } => setup::run(setup::Needs {
+            vm,
+            e2e,
+            bench,
+            package,
+        }),
         Cmd::BuildEbpf => build::ebpf(),
         Cmd::Build { debug } => build::all(!debug).map(|_| ()),
         Cmd::Run { args } => {
@@ -66,6 +87,7 @@ fn main() -> anyhow::Result<()> {
                 vm: false,
                 e2e: false,
                 bench: false,
+                package: false,
             })?;
             let bin = build::all(true)?;
             // The daemon loads eBPF programs: run it through sudo when not root.
@@ -81,6 +103,8 @@ fn main() -> anyhow::Result<()> {
                 .args(args);
             util::sh(&mut cmd)
         }
+        Cmd::Package => package::run().map(|_| ()),
+        Cmd::PackageTestInner(args) => package_test::inner(args),
         Cmd::Test(args) => test::run(args),
         Cmd::Bench(args) => bench::run(args),
         Cmd::VmTest(args) => vm::run(args),

@@ -20,6 +20,8 @@ pub struct Needs {
     pub e2e: bool,
     /// Peer tools `cargo xtask bench` compares against: auditd, bpftrace.
     pub bench: bool,
+    /// debootstrap and the .deb tools, for the package tier.
+    pub package: bool,
 }
 
 /// Codex CLI version the end-to-end test drives (CODEX.md).
@@ -35,6 +37,11 @@ fn debian_packages(needs: &Needs) -> Vec<&'static str> {
         // Installing auditd does not start it here (no init system runs
         // it in containers); the bench starts and stops its own auditd.
         p.extend(["auditd", "bpftrace"]);
+    }
+    if needs.package {
+        // dpkg-deb and strip/objdump are on every Debian build host;
+        // debootstrap makes the test chroot.
+        p.extend(["debootstrap", "binutils", "xz-utils"]);
     }
     p
 }

@@ -2,7 +2,8 @@
 //!
 //! Tiers: `lint` (rustfmt, clippy -D warnings on host and eBPF crates),
 //! `unit` (no root), `host` (root: real programs on this kernel), `vm`
-//! (QEMU with Debian kernels, where BPF LSM exists).
+//! (QEMU with Debian kernels, where BPF LSM exists), `package` (root: the
+//! .deb in a Debian chroot).
 
 use std::time::Duration;
 
@@ -23,6 +24,8 @@ pub enum Tier {
     /// The real Codex CLI under agentmon (root, npm).
     E2e,
     Vm,
+    /// The .deb in a Debian chroot: install, run, upgrade, purge (root).
+    Package,
 }
 
 #[derive(Args)]
@@ -37,7 +40,14 @@ pub struct TestArgs {
 
 pub fn run(args: TestArgs) -> anyhow::Result<()> {
     let tiers = if args.tiers.is_empty() {
-        vec![Tier::Lint, Tier::Unit, Tier::Host, Tier::E2e, Tier::Vm]
+        vec![
+            Tier::Lint,
+            Tier::Unit,
+            Tier::Host,
+            Tier::E2e,
+            Tier::Package,
+            Tier::Vm,
+        ]
     } else {
         args.tiers
     };
@@ -45,6 +55,7 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
         vm: tiers.contains(&Tier::Vm),
         e2e: tiers.contains(&Tier::E2e),
         bench: false,
+        package: tiers.contains(&Tier::Package),
     })?;
     let mut times: Vec<(Tier, Duration, Result<(), String>)> = Vec::new();
     let bin = build::all(true)?;
@@ -56,6 +67,7 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
             Tier::Host => root_tests(&bin, "host", &args.filter),
             Tier::E2e => root_tests(&bin, "e2e", &args.filter),
             Tier::Vm => vm(&bin, &args.filter),
+            Tier::Package => crate::package_test::run(&bin),
         };
         let d = step.done();
         times.push((tier, d, r.map_err(|e| format!("{e:#}"))));

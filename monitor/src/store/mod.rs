@@ -12,6 +12,7 @@ mod query;
 mod record;
 mod retention;
 mod schema;
+pub mod summary;
 mod writer;
 
 #[cfg(test)]

@@ -147,7 +147,10 @@ impl Store {
             .unwrap_or_else(|| given.to_string()))
     }
 
-    fn resolve_session_ref(&self, given: &str) -> Result<Option<(i64, String)>, StoreError> {
+    pub(super) fn resolve_session_ref(
+        &self,
+        given: &str,
+    ) -> Result<Option<(i64, String)>, StoreError> {
         let e = |e| self.sqlite("looking up session", e);
         let exact: Option<(i64, String)> = self
             .conn

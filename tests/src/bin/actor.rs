@@ -326,7 +326,7 @@ fn main() {
             let mut i = 0u64;
             while start.elapsed().as_secs() < secs {
                 i += 1;
-                if i % 256 == 0 && stop.as_ref().is_some_and(|p| p.exists()) {
+                if i.is_multiple_of(256) && stop.as_ref().is_some_and(|p| p.exists()) {
                     break;
                 }
                 if try_open(&args[3]) == 0 {

@@ -154,6 +154,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         vm: false,
         e2e: false,
         bench: true,
+        package: false,
     })?;
     let bin = build::all(true)?;
     let step = Step::new("build bench helper");

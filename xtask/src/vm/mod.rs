@@ -54,6 +54,7 @@ pub fn run(args: VmArgs) -> anyhow::Result<()> {
         vm: true,
         e2e: true,
         bench: false,
+        package: false,
     })?;
     let bin = build::all(true)?;
     run_built(&bin, &args)
