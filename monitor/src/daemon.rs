@@ -602,7 +602,9 @@ fn name_rule(enf: &Enforcement, session_id: &str, ev: &event::Event, v: &mut Val
         if p.reason == "session_escape" {
             m.insert(
                 "rule".into(),
-                json!("session: a session process cannot move a process out of its session's cgroups"),
+                json!(
+                    "session: a session process cannot move a process out of its session's cgroups"
+                ),
             );
             return;
         }

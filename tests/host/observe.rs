@@ -256,7 +256,11 @@ fn agent_tags_follow_the_process_tree() {
 #[test]
 fn ten_thousand_execs_are_all_accounted_for() {
     require_root!();
-    let n: u64 = if agentmon_tests::in_vm() { 2_000 } else { 10_000 };
+    let n: u64 = if agentmon_tests::in_vm() {
+        2_000
+    } else {
+        10_000
+    };
     let mut d = Daemon::start(&[]);
     let m = marker("storm");
     let before = d.status()["kernel_counters"]["ringbuf_full"]

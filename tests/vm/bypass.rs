@@ -197,7 +197,10 @@ fn root_session_process_cannot_leave_its_session() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Permission denied"), "{text}");
     assert!(!text.contains("rc=0"), "{text}");
-    let now = text.lines().find_map(|l| l.strip_prefix("now=")).unwrap_or("");
+    let now = text
+        .lines()
+        .find_map(|l| l.strip_prefix("now="))
+        .unwrap_or("");
     assert!(now.contains(&id), "the process left its session: {text}");
     d.wait_session_end(&id, T);
     let rec = d
@@ -207,11 +210,18 @@ fn root_session_process_cannot_leave_its_session() {
         .expect("a denial record for the escape");
     assert_eq!(rec["reason"], "session_escape");
     assert_eq!(rec["decision"], "denied");
-    assert!(rec["path"].as_str().unwrap().ends_with("/cgroup.procs"), "{rec}");
+    assert!(
+        rec["path"].as_str().unwrap().ends_with("/cgroup.procs"),
+        "{rec}"
+    );
 
     // The same write outside every session works (this process's cgroup
     // is already the root here, so it changes nothing).
-    let out = std::process::Command::new("sh").arg("-c").arg(script).output().unwrap();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("rc=0"), "{text}");
 }

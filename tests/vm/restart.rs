@@ -59,7 +59,10 @@ fn enforcement_survives_kill9_and_is_adopted_after_restart() {
     // The command runs only once `agentmon run` got the daemon's reply.
     let deadline = Instant::now() + T;
     while !w.join("started").exists() {
-        assert!(Instant::now() < deadline, "the session's command never started");
+        assert!(
+            Instant::now() < deadline,
+            "the session's command never started"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 
