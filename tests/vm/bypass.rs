@@ -55,7 +55,14 @@ fn prepare(w: &Path) -> std::process::Child {
         .unwrap();
     let fd = format!("/proc/{}/fd/3", holder.id());
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !Path::new(&fd).exists() {
+    // fd 3 of the new child is first std's exec-error pipe (between fork
+    // and exec): wait until it names the file.
+    let holds = || {
+        std::fs::read_link(&fd)
+            .map(|t| t.ends_with("del/.env"))
+            .unwrap_or(false)
+    };
+    while !holds() {
         assert!(Instant::now() < deadline, "holder did not open del/.env");
         std::thread::sleep(Duration::from_millis(10));
     }
