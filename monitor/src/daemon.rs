@@ -492,9 +492,19 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
             }
             _ = reap.tick() => {
                 let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-                // Drain first, so a session's last events count before it ends.
-                drain(ring.get_mut(), &mut st, &mut cache, &clock);
-                end_empty_sessions(&mut st);
+                // Drain everything first, so a session's last events come
+                // before its end; under a flood that does not empty the
+                // ring, sessions end on a later tick instead.
+                let mut empty = false;
+                for _ in 0..16 {
+                    if !drain_batch(ring.get_mut(), &mut st, &mut cache, &clock, false) {
+                        empty = true;
+                        break;
+                    }
+                }
+                if empty {
+                    end_empty_sessions(&mut st);
+                }
                 st.enf.maps.reap();
             }
             _ = loss.tick() => {
@@ -547,9 +557,24 @@ fn drain(
     cache: &mut ProcCache,
     clock: &Clock,
 ) -> bool {
+    drain_batch(ring, st, cache, clock, true)
+}
+
+/// [`drain`]; with `yield_to_control`, stops early when a control request
+/// waits for the lock.
+fn drain_batch(
+    ring: &mut RingBuf<MapData>,
+    st: &mut State,
+    cache: &mut ProcCache,
+    clock: &Clock,
+    yield_to_control: bool,
+) -> bool {
     let mut n = 0;
     while n < DRAIN_BUDGET {
-        if n % 256 == 255 && CONTROL_WAITING.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+        if yield_to_control
+            && n % 256 == 255
+            && CONTROL_WAITING.load(std::sync::atomic::Ordering::Relaxed) > 0
+        {
             return true;
         }
         let Some(item) = ring.next() else {
