@@ -495,9 +495,11 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
                 // Drain everything first, so a session's last events come
                 // before its end; under a flood that does not empty the
                 // ring, sessions end on a later tick instead.
+                // Bounded and still yielding to control requests: a flood
+                // must not hold the lock for long.
                 let mut empty = false;
-                for _ in 0..16 {
-                    if !drain_batch(ring.get_mut(), &mut st, &mut cache, &clock, false) {
+                for _ in 0..2 {
+                    if !drain_batch(ring.get_mut(), &mut st, &mut cache, &clock, true) {
                         empty = true;
                         break;
                     }
