@@ -234,8 +234,14 @@ pub struct NetEvent {
     pub rule_id: u32,
     /// Policy generation that decided (0: no policy).
     pub generation: u32,
+    /// Bytes of the domain name that follow the record: the name a DNS
+    /// answer gave the address in this session (0: none known).
+    pub domain_len: u16,
+    /// One of [`crate::policy::net_reason`].
+    pub reason: u8,
+    pub _pad: [u8; 5],
 }
-const _: () = assert!(core::mem::size_of::<NetEvent>() == 96);
+const _: () = assert!(core::mem::size_of::<NetEvent>() == 104);
 
 /// A policy decision against a file or exec access, made in an LSM hook
 /// (or, without BPF LSM, in a syscall tracepoint in audit or kill mode).

@@ -51,6 +51,11 @@ pub mod verdict {
     pub const EXEC_DENY: u8 = 1 << 3;
     /// The path is inside a writable root (or is one).
     pub const WRITABLE: u8 = 1 << 4;
+    /// A `[network] denied_domains` pattern matches the domain input
+    /// ([`super::DOMAIN_MARK`] followed by the lowercase name).
+    pub const DOMAIN_DENY: u8 = 1 << 5;
+    /// A `[network] allowed_domains` pattern matches the domain input.
+    pub const DOMAIN_ALLOW: u8 = 1 << 6;
     /// Set by the walker, never by the compiler: the path was longer than
     /// [`super::DFA_MAX_PATH`]. Every access check treats it as a denial.
     pub const PATH_TOO_LONG: u8 = 1 << 7;
@@ -74,6 +79,80 @@ pub mod verdict {
     pub const fn exec_denied(v: u8) -> bool {
         v & (PATH_TOO_LONG | EXEC_DENY) != 0
     }
+}
+
+/// First byte of a domain name fed to the policy DFA. Paths always start
+/// with `/`, so domain patterns (compiled behind this byte) and path
+/// patterns never match each other's inputs.
+pub const DOMAIN_MARK: u8 = 0x01;
+
+/// Longest DNS name (dotted text, without the trailing dot) the kernel
+/// records; a longer name is never learned.
+pub const DNS_NAME_BYTES: usize = 256;
+
+/// Key of the kernel's `DNS_ADDRS` map: an address that a DNS answer gave
+/// to a session.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DnsKey {
+    /// cgroup id of the session's root cgroup.
+    pub session_cgroup_id: u64,
+    /// IPv6, or IPv4 mapped (`::ffff:a.b.c.d`).
+    pub addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<DnsKey>() == 24);
+
+/// Value of `DNS_ADDRS`: the question name of the newest answer that
+/// carried the address, and until when it counts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsName {
+    /// `bpf_ktime_get_ns()` after which the entry is ignored.
+    pub expires_ns: u64,
+    /// The answer's TTL in seconds, as received.
+    pub ttl: u32,
+    /// Bytes used in `name`.
+    pub len: u16,
+    pub _pad: u16,
+    /// Lowercase dotted name, no trailing dot.
+    pub name: [u8; DNS_NAME_BYTES],
+}
+const _: () = assert!(core::mem::size_of::<DnsName>() == 16 + DNS_NAME_BYTES);
+
+impl Default for DnsName {
+    fn default() -> Self {
+        DnsName {
+            expires_ns: 0,
+            ttl: 0,
+            len: 0,
+            _pad: 0,
+            name: [0; DNS_NAME_BYTES],
+        }
+    }
+}
+
+/// Value of `DNS_SOCKS` (keyed by socket cookie): a session socket that
+/// sent a datagram or connected to port 53 in the daemon's network
+/// namespace, and where to. Only answers from that address reach the
+/// `DNS_ADDRS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsPeer {
+    pub addr: [u8; 16],
+    pub session_cgroup_id: u64,
+}
+const _: () = assert!(core::mem::size_of::<DnsPeer>() == 24);
+
+/// Why a network decision was taken (`NetEvent::reason`).
+pub mod net_reason {
+    /// No policy, or the section is off.
+    pub const NONE: u8 = 0;
+    /// A CIDR/port rule.
+    pub const CIDR: u8 = 1;
+    /// A domain rule, through the name a DNS answer gave the address.
+    pub const DOMAIN: u8 = 2;
+    /// `[network] default`.
+    pub const DEFAULT: u8 = 3;
 }
 
 /// Enforcement modes of a policy section (values of the `*_mode` fields).
@@ -314,4 +393,7 @@ mod pod {
     unsafe impl aya::Pod for super::NetItem {}
     unsafe impl aya::Pod for super::NetEntry {}
     unsafe impl aya::Pod for super::PolicyConfig {}
+    unsafe impl aya::Pod for super::DnsKey {}
+    unsafe impl aya::Pod for super::DnsName {}
+    unsafe impl aya::Pod for super::DnsPeer {}
 }

@@ -6,7 +6,10 @@ use aya_ebpf::{
 };
 use monitor_common::{
     counter,
-    policy::{DfaTables, NetEntry, PolicyConfig, MAX_POLICY_SLOTS, NET_MAX_ENTRIES},
+    policy::{
+        DfaTables, DnsKey, DnsName, DnsPeer, NetEntry, PolicyConfig, MAX_POLICY_SLOTS,
+        NET_MAX_ENTRIES,
+    },
     InodeKey, KernelOffsets, ProcState, TracepointOffsets, MAX_PATH_BYTES, SCRATCH_BYTES,
 };
 
@@ -71,6 +74,16 @@ pub static SESSION_LEVEL: u32 = 2;
 #[unsafe(no_mangle)]
 pub static WAKEUP_BYTES: u32 = 256 * 1024;
 
+/// Shortest time, in seconds, a DNS answer's address keeps its name
+/// (answers with a lower TTL count for this long).
+#[unsafe(no_mangle)]
+pub static DNS_MIN_TTL: u32 = 300;
+
+/// Network namespace cookie of the daemon: only DNS queries sent in this
+/// namespace register a socket for answers (0: the initial namespace).
+#[unsafe(no_mangle)]
+pub static NETNS_COOKIE: u64 = 0;
+
 /// Most environment strings scanned per exec for agent tags.
 #[unsafe(no_mangle)]
 pub static ENV_SCAN_MAX: u32 = 4096;
@@ -86,6 +99,12 @@ pub fn offsets() -> KernelOffsets {
 pub fn tp_offsets() -> TracepointOffsets {
     // SAFETY: as above.
     unsafe { core::ptr::read_volatile(&TP) }
+}
+
+#[inline(always)]
+pub fn global_u64(v: &'static u64) -> u64 {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(v) }
 }
 
 #[inline(always)]
@@ -121,5 +140,15 @@ pub static NET_RULES: LpmTrie<[u8; 20], NetEntry> =
 /// value is a bit set of the policy slots that denied it.
 #[map]
 pub static DENIED_INODES: LruHashMap<InodeKey, u32> = LruHashMap::with_max_entries(65536, 0);
+
+/// Addresses that DNS answers gave to session sockets, with the question
+/// name (see `dns.rs`). Shared by all sessions; least recently used
+/// entries are evicted first.
+#[map]
+pub static DNS_ADDRS: LruHashMap<DnsKey, DnsName> = LruHashMap::with_max_entries(16384, 0);
+
+/// Session sockets that queried a DNS server, by socket cookie.
+#[map]
+pub static DNS_SOCKS: LruHashMap<u64, DnsPeer> = LruHashMap::with_max_entries(16384, 0);
 
 const BPF_F_NO_PREALLOC: u32 = 1;

@@ -114,6 +114,10 @@ pub struct EnforcementSection {
     /// bpffs directory where programs, links and policy maps are pinned so
     /// that enforcement outlives the daemon.
     pub pin_path: PathBuf,
+    /// Domain rules: the shortest time, in seconds, for which an address
+    /// from a DNS answer keeps its name (answers with a lower TTL count for
+    /// this long; at most a day in any case).
+    pub dns_min_ttl_secs: u32,
 }
 
 impl Default for EnforcementSection {
@@ -121,9 +125,13 @@ impl Default for EnforcementSection {
         Self {
             fallback: crate::enforce::Fallback::Refuse,
             pin_path: PathBuf::from(DEFAULT_PIN_PATH),
+            dns_min_ttl_secs: DEFAULT_DNS_MIN_TTL_SECS,
         }
     }
 }
+
+/// Default of `[enforcement] dns_min_ttl_secs`.
+pub const DEFAULT_DNS_MIN_TTL_SECS: u32 = 300;
 
 /// Default bpffs pin directory.
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/agentmon";

@@ -242,6 +242,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     let load = LoadOptions {
         session_level,
         pin_dir: Some(pin_dir.clone()),
+        dns_min_ttl_secs: opts.config.enforcement.dns_min_ttl_secs,
         ..opts.load.clone()
     };
     let mut ebpf = loader::load(&layout, &load).context("loading eBPF object")?;
@@ -673,6 +674,20 @@ fn name_rule(enf: &Enforcement, session_id: &str, ev: &event::Event, v: &mut Val
             let rule = n.rule_id.and_then(|id| {
                 c.rule(id)
                     .map(|r| (id, format!("{}: {}", r.kind.key(), r.text)))
+            });
+            // A domain decision: the kernel walked the learned name through
+            // the DFA; the rule is found by matching the name again.
+            let rule = rule.or_else(|| {
+                let name = n.domain.as_ref().filter(|_| n.reason == Some("domain"))?;
+                let addr = n.address.parse().ok()?;
+                let d = crate::policy::explain::explain_connect(
+                    c,
+                    addr,
+                    n.port,
+                    std::slice::from_ref(name),
+                );
+                d.rule
+                    .map(|r| (r.id, format!("{}: {} (via {name})", r.kind.key(), r.text)))
             });
             let rule = rule.or_else(|| {
                 (n.decision != "allowed").then(|| (u32::MAX, "network.default".to_string()))

@@ -4,8 +4,8 @@
 //! [`DecodeError`] that the pipeline counts and reports.
 
 use monitor_common::{
-    file_op, kind, net_op, open_syscall, verdict, EventHeader, ExecEvent, ExitEvent, FileOpEvent,
-    FileOpenEvent, ForkEvent, NetEvent, PolicyEvent,
+    file_op, kind, net_op, open_syscall, policy::net_reason, verdict, EventHeader, ExecEvent,
+    ExitEvent, FileOpEvent, FileOpenEvent, ForkEvent, NetEvent, PolicyEvent,
 };
 use serde::Serialize;
 
@@ -119,11 +119,18 @@ pub struct Net {
     pub family: &'static str,
     pub transport: &'static str,
     pub decision: &'static str,
-    /// Network rule ID that decided (`None`: the policy default, or no
-    /// policy).
+    /// Network rule ID that decided (`None`: the policy default, a domain
+    /// rule, or no policy).
     pub rule_id: Option<u32>,
     /// Policy generation that decided (0: no policy).
     pub policy_generation: u32,
+    /// The name a DNS answer gave this address in the session (absent:
+    /// none known).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// What decided: `cidr`, `domain` or `default` (absent: no policy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
 }
 
 /// A file or exec access that a policy denied or, in audit mode, would
@@ -360,6 +367,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         }
         kind::NET_CONNECT => {
             let e: NetEvent = read(bytes, "network record")?;
+            let tail = &bytes[std::mem::size_of::<NetEvent>()..];
+            let [domain] = fields(tail, [e.domain_len as usize], "network", size)?;
             let v6 = std::net::Ipv6Addr::from(e.addr);
             let (address, family) = match v6.to_ipv4_mapped() {
                 Some(v4) if e.family == libc::AF_INET as u16 => (v4.to_string(), "ipv4"),
@@ -387,6 +396,13 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 },
                 rule_id: (e.rule_id != u32::MAX && e.generation != 0).then_some(e.rule_id),
                 policy_generation: e.generation,
+                domain: (!domain.is_empty()).then(|| text(domain)),
+                reason: match e.reason {
+                    net_reason::CIDR => Some("cidr"),
+                    net_reason::DOMAIN => Some("domain"),
+                    net_reason::DEFAULT => Some("default"),
+                    _ => None,
+                },
             }))
         }
         kind::POLICY => {

@@ -263,3 +263,323 @@ fn without_lsm_fallback_audit_reports_and_kill_kills() {
         .expect("killed record");
     assert_eq!(rec["decision"], "killed");
 }
+
+/// A DNS server on loopback for the domain-rule test: answers A queries
+/// from a fixed table with one record (TTL 5 s), everything else with no
+/// answer. Names starting with `spoof.` are answered from a second
+/// address, which the querying socket never sent to.
+struct FakeDns {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+const DNS_ADDR: &str = "127.0.0.153";
+const DNS_SPOOF_ADDR: &str = "127.0.0.154";
+
+impl FakeDns {
+    fn start(table: Vec<(&'static str, [u8; 4])>) -> FakeDns {
+        let bind = |a: &str| {
+            UdpSocket::bind((a, 53)).unwrap_or_else(|e| {
+                panic!("binding the test's fake DNS server to {a}:53 (UDP) failed: {e}; free that address/port")
+            })
+        };
+        let sock = bind(DNS_ADDR);
+        let spoof = bind(DNS_SPOOF_ADDR);
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                let Some((name, qend)) = question(&buf[..n]) else {
+                    continue;
+                };
+                let qtype = u16::from_be_bytes([buf[qend - 4], buf[qend - 3]]);
+                let hit = table
+                    .iter()
+                    .find(|(t, _)| *t == name)
+                    .filter(|_| qtype == 1)
+                    .map(|(_, ip)| *ip);
+                let mut r = Vec::with_capacity(qend + 16);
+                r.extend_from_slice(&buf[..2]);
+                r.extend_from_slice(&[0x81, 0x80, 0, 1, 0, hit.is_some() as u8, 0, 0, 0, 0]);
+                r.extend_from_slice(&buf[12..qend]);
+                if let Some(ip) = hit {
+                    r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 5, 0, 4]);
+                    r.extend_from_slice(&ip);
+                }
+                let out = if name.starts_with("spoof.") {
+                    &spoof
+                } else {
+                    &sock
+                };
+                let _ = out.send_to(&r, from);
+            }
+        });
+        FakeDns {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for FakeDns {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The question name of a DNS query and the offset after its QTYPE and
+/// QCLASS.
+fn question(m: &[u8]) -> Option<(String, usize)> {
+    let mut pos = 12;
+    let mut labels = Vec::new();
+    loop {
+        let len = *m.get(pos)? as usize;
+        pos += 1;
+        if len == 0 {
+            break;
+        }
+        labels.push(String::from_utf8_lossy(m.get(pos..pos + len)?).to_lowercase());
+        pos += len;
+    }
+    (m.len() >= pos + 4).then(|| (labels.join("."), pos + 4))
+}
+
+/// The session's DNS client and connects, in Python: `r NAME [unconnected]`
+/// resolves through the fake server and prints the address; `c IP PORT`
+/// connects. Each step prints one line.
+const DNS_CLIENT: &str = r#"
+import socket, struct, sys
+def resolve(name, connected=True):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(5)
+    q = struct.pack('>HHHHHH', 0x4242, 0x0100, 1, 0, 0, 0)
+    q += b''.join(bytes([len(l)]) + l.encode() for l in name.split('.')) + b'\0'
+    q += struct.pack('>HH', 1, 1)
+    if connected:
+        s.connect((DNS, 53)); s.send(q); r = s.recv(512)
+    else:
+        s.sendto(q, (DNS, 53)); r, _ = s.recvfrom(512)
+    return socket.inet_ntoa(r[len(q) + 12:len(q) + 16])
+def connect(ip, port):
+    s = socket.socket(); s.settimeout(5)
+    try:
+        s.connect((ip, port)); return 'ok'
+    except OSError as e:
+        return 'errno %d' % e.errno
+args = sys.argv[1:]
+while args:
+    op = args.pop(0)
+    if op == 'r':
+        name = args.pop(0); print('resolved', name, resolve(name), flush=True)
+    elif op == 'ru':
+        name = args.pop(0); print('resolved', name, resolve(name, False), flush=True)
+    else:
+        ip = args.pop(0); port = int(args.pop(0)); print('connect', ip, connect(ip, port), flush=True)
+"#;
+
+/// Domain rules decide through the DNS answers the session's own sockets
+/// received: a denied domain's address is refused only once the session
+/// resolved it; with `default = "deny"`, an allowed domain's address
+/// connects only after its answer; an answer from an address the socket
+/// never queried teaches nothing; outside the session everything connects.
+#[test]
+fn domain_rules_use_the_dns_answers_the_session_received() {
+    require_root!();
+    let dns = FakeDns::start(vec![
+        ("api.allowed.test", [127, 0, 0, 21]),
+        ("x.denied.test", [127, 0, 0, 22]),
+        ("other.test", [127, 0, 0, 23]),
+        ("spoof.allowed.test", [127, 0, 0, 24]),
+    ]);
+    let mut d = Daemon::start(&[]);
+    let m = marker("dns");
+    let dir = std::env::temp_dir().join(format!("agentmon-{m}"));
+    let listeners: Vec<TcpListener> = (21..=24)
+        .map(|i| TcpListener::bind(format!("127.0.0.{i}:0")).unwrap())
+        .collect();
+    let port = |i: usize| listeners[i - 21].local_addr().unwrap().port().to_string();
+    let client = write(
+        &dir,
+        "client.py",
+        &DNS_CLIENT.replace("DNS, 53", &format!("'{DNS_ADDR}', 53")),
+    );
+    let run = |d: &Daemon, id: &str, policy: &Path, args: &[String]| -> String {
+        let out = d
+            .cli()
+            .args(["run", "-q", "--session", id, "--policy"])
+            .arg(policy)
+            .arg("--workspace")
+            .arg(&dir)
+            .args(["--", "python3"])
+            .arg(&client)
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+
+    // A deny list: the address is refused once a denied name gave it.
+    let deny = write(
+        &dir,
+        "deny.toml",
+        "mode = \"enforce\"\n[permissions.filesystem]\nmode = \"audit\"\n\
+         [network]\ndefault = \"allow\"\ndenied_domains = [\"*.denied.test\"]\n",
+    );
+    let id1 = format!("{m}-deny");
+    let (p21, p22) = (port(21), port(22));
+    let out = run(
+        &d,
+        &id1,
+        &deny,
+        &s(&[
+            "c",
+            "127.0.0.22",
+            &p22,
+            "r",
+            "x.denied.test",
+            "c",
+            "127.0.0.22",
+            &p22,
+            "r",
+            "api.allowed.test",
+            "c",
+            "127.0.0.21",
+            &p21,
+        ]),
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "connect 127.0.0.22 ok",
+            "resolved x.denied.test 127.0.0.22",
+            "connect 127.0.0.22 errno 1",
+            "resolved api.allowed.test 127.0.0.21",
+            "connect 127.0.0.21 ok",
+        ],
+        "{out}"
+    );
+
+    // An allow list: default deny, the resolver allowed.
+    let allow = write(
+        &dir,
+        "allow.toml",
+        &format!(
+            "mode = \"enforce\"\n[permissions.filesystem]\nmode = \"audit\"\n\
+             [network]\ndefault = \"deny\"\nallow = [\"{DNS_ADDR}/32:53\"]\n\
+             allowed_domains = [\"*.allowed.test\"]\n"
+        ),
+    );
+    let id2 = format!("{m}-allow");
+    let (p23, p24) = (port(23), port(24));
+    let out = run(
+        &d,
+        &id2,
+        &allow,
+        &s(&[
+            "c",
+            "127.0.0.21",
+            &p21,
+            "r",
+            "api.allowed.test",
+            "c",
+            "127.0.0.21",
+            &p21,
+            "r",
+            "other.test",
+            "c",
+            "127.0.0.23",
+            &p23,
+            "ru",
+            "spoof.allowed.test",
+            "c",
+            "127.0.0.24",
+            &p24,
+        ]),
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "connect 127.0.0.21 errno 1",
+            "resolved api.allowed.test 127.0.0.21",
+            "connect 127.0.0.21 ok",
+            "resolved other.test 127.0.0.23",
+            "connect 127.0.0.23 errno 1",
+            "resolved spoof.allowed.test 127.0.0.24",
+            "connect 127.0.0.24 errno 1",
+        ],
+        "{out}"
+    );
+    d.wait_session_end(&id1, T);
+    d.wait_session_end(&id2, T);
+
+    let find = |id: &str, port: &str, decision: &str| {
+        let port: u16 = port.parse().unwrap();
+        d.seen
+            .iter()
+            .find(|v| {
+                v["session_id"] == id
+                    && v["kind"] == "net_connect"
+                    && v["port"] == port
+                    && v["decision"] == decision
+            })
+            .unwrap_or_else(|| panic!("no {decision} connect to port {port} in {id}"))
+            .clone()
+    };
+    let rec = find(&id1, &p22, "denied");
+    assert_eq!(rec["reason"], "domain");
+    assert_eq!(rec["domain"], "x.denied.test");
+    assert_eq!(
+        rec["rule"],
+        "network.denied_domains: *.denied.test (via x.denied.test)"
+    );
+    let first = find(&id1, &p22, "allowed");
+    assert!(first.get("domain").is_none(), "{first}");
+    let ok = find(&id1, &p21, "allowed");
+    assert_eq!(ok["domain"], "api.allowed.test");
+    let ok = find(&id2, &p21, "allowed");
+    assert_eq!(
+        (ok["reason"].as_str(), ok["domain"].as_str()),
+        (Some("domain"), Some("api.allowed.test"))
+    );
+    let no = find(&id2, &p23, "denied");
+    assert_eq!(
+        (no["reason"].as_str(), no["rule"].as_str()),
+        (Some("default"), Some("network.default"))
+    );
+    assert_eq!(no["domain"], "other.test");
+    let spoofed = find(&id2, &p24, "denied");
+    assert!(spoofed.get("domain").is_none(), "{spoofed}");
+
+    // Outside every session the same steps all connect.
+    let out = Command::new("python3")
+        .arg(&client)
+        .args(s(&[
+            "r",
+            "x.denied.test",
+            "c",
+            "127.0.0.22",
+            &p22,
+            "r",
+            "other.test",
+            "c",
+            "127.0.0.23",
+            &p23,
+        ]))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches(" ok").count(), 2, "{text}");
+    drop(dns);
+}

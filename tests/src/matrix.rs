@@ -29,6 +29,8 @@ pub enum Attach {
     FEntry(&'static str),
     /// cgroup sock_addr program, attached to a throwaway cgroup.
     CgroupSockAddr,
+    /// cgroup_skb ingress program, attached to a throwaway cgroup.
+    CgroupSkbIngress,
 }
 
 impl Attach {
@@ -42,6 +44,7 @@ impl Attach {
             Attach::Lsm(_) => "lsm",
             Attach::FEntry(_) => "fentry",
             Attach::CgroupSockAddr => "cgroup_sock_addr",
+            Attach::CgroupSkbIngress => "cgroup_skb",
         }
     }
     fn target(&self) -> String {
@@ -52,7 +55,7 @@ impl Attach {
                 None => "no tracepoint on this kernel".into(),
             },
             Attach::BtfTracepoint(t) | Attach::Lsm(t) | Attach::FEntry(t) => t.to_string(),
-            Attach::CgroupSockAddr => "throwaway cgroup".into(),
+            Attach::CgroupSockAddr | Attach::CgroupSkbIngress => "throwaway cgroup".into(),
         }
     }
 }
@@ -103,6 +106,7 @@ pub fn programs() -> Vec<Spec> {
     for prog in loader::SOCK_ADDR {
         out.push(spec(prog, Attach::CgroupSockAddr));
     }
+    out.push(spec(loader::DNS_INGRESS, Attach::CgroupSkbIngress));
     for (prog, hook) in loader::LSM_ENFORCERS {
         out.push(spec(prog, Attach::Lsm(hook)));
     }
@@ -327,6 +331,26 @@ pub fn run(in_vm: bool) -> Matrix {
     Matrix { kernel, rows }
 }
 
+/// A fresh cgroup below the cgroup2 root, removed when the matrix ends.
+fn throwaway_cgroup(
+    cgroup2: Option<&PathBuf>,
+    cgroups: &mut Vec<TempCgroup>,
+) -> Result<File, Outcome> {
+    let Some(root) = cgroup2 else {
+        return Err(Outcome::NotTried("no cgroup2 mount to attach to".into()));
+    };
+    let dir = root.join(format!(
+        "agentmon-matrix-{}-{}",
+        std::process::id(),
+        cgroups.len()
+    ));
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        return Err(Outcome::NotTried(format!("mkdir {}: {e}", dir.display())));
+    }
+    cgroups.push(TempCgroup(dir.clone()));
+    File::open(&dir).map_err(|e| Outcome::NotTried(format!("open {}: {e}", dir.display())))
+}
+
 fn load_attach(
     prog: &mut Program,
     attach: &Attach,
@@ -376,23 +400,25 @@ fn load_attach(
             step!(p.load(f, btf), p.attach())
         }
         (Attach::CgroupSockAddr, Program::CgroupSockAddr(p)) => {
-            let Some(root) = cgroup2 else {
-                return Outcome::NotTried("no cgroup2 mount to attach to".into());
-            };
-            let dir = root.join(format!(
-                "agentmon-matrix-{}-{}",
-                std::process::id(),
-                cgroups.len()
-            ));
-            if let Err(e) = std::fs::create_dir_all(&dir) {
-                return Outcome::NotTried(format!("mkdir {}: {e}", dir.display()));
-            }
-            cgroups.push(TempCgroup(dir.clone()));
-            let f = match File::open(&dir) {
+            let f = match throwaway_cgroup(cgroup2, cgroups) {
                 Ok(f) => f,
-                Err(e) => return Outcome::NotTried(format!("open {}: {e}", dir.display())),
+                Err(o) => return o,
             };
             step!(p.load(), p.attach(&f, CgroupAttachMode::Single))
+        }
+        (Attach::CgroupSkbIngress, Program::CgroupSkb(p)) => {
+            let f = match throwaway_cgroup(cgroup2, cgroups) {
+                Ok(f) => f,
+                Err(o) => return o,
+            };
+            step!(
+                p.load(),
+                p.attach(
+                    &f,
+                    aya::programs::CgroupSkbAttachType::Ingress,
+                    CgroupAttachMode::Single
+                )
+            )
         }
         (a, p) => Outcome::NotTried(format!(
             "the table says {} but the object has {:?}",

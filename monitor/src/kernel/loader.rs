@@ -57,6 +57,8 @@ pub struct LoadOptions {
     /// already there) and the enforcing links are pinned. `None`: nothing
     /// is pinned (tests, `doctor`).
     pub pin_dir: Option<PathBuf>,
+    /// `[enforcement] dns_min_ttl_secs`.
+    pub dns_min_ttl_secs: u32,
 }
 
 impl Default for LoadOptions {
@@ -65,6 +67,7 @@ impl Default for LoadOptions {
             scope_mode: scope::SESSIONS,
             session_level: 2,
             pin_dir: None,
+            dns_min_ttl_secs: crate::config::DEFAULT_DNS_MIN_TTL_SECS,
         }
     }
 }
@@ -86,7 +89,38 @@ pub const PINNED_MAPS: &[&str] = &[
     "NET_RULES",
     "DENIED_INODES",
     "FS_ROOTS",
+    "DNS_ADDRS",
+    "DNS_SOCKS",
 ];
+
+/// The cookie of this process's network namespace (`SO_NETNS_COOKIE`,
+/// Linux 5.14+), or 0, which the kernel programs read as the initial
+/// namespace.
+fn netns_cookie() -> u64 {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    // SAFETY: plain socket calls on a descriptor owned here.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return 0;
+        }
+        let mut v: u64 = 0;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        let r = libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            &mut v as *mut u64 as *mut libc::c_void,
+            &mut len,
+        );
+        libc::close(fd);
+        if r == 0 {
+            v
+        } else {
+            0
+        }
+    }
+}
 
 /// Mounts bpffs on /sys/fs/bpf when nothing is mounted there.
 pub fn ensure_bpffs(dir: &Path) -> Result<(), LoadError> {
@@ -162,13 +196,16 @@ pub fn load(layout: &KernelLayout, opts: &LoadOptions) -> Result<Ebpf, LoadError
     if EBPF_OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }
+    let cookie = netns_cookie();
     let mut loader = EbpfLoader::new();
     loader
         .override_global("OFFSETS", &layout.offsets, true)
         .override_global("TP", &layout.tracepoints, true)
         .override_global("SCOPE_MODE", &opts.scope_mode, true)
         .override_global("SESSION_LEVEL", &opts.session_level, true)
-        .override_global("INODE_OFFSETS", &layout.inode, true);
+        .override_global("INODE_OFFSETS", &layout.inode, true)
+        .override_global("DNS_MIN_TTL", &opts.dns_min_ttl_secs, true)
+        .override_global("NETNS_COOKIE", &cookie, true);
     if let Some(dir) = &opts.pin_dir {
         ensure_bpffs(dir)?;
         for sub in [dir.clone(), dir.join("links")] {
@@ -334,8 +371,32 @@ pub fn attach_cgroup(
             }
         }
     }
+    let prog = DNS_INGRESS;
+    let err = |source| LoadError::Program {
+        name: prog.to_string(),
+        source,
+    };
+    let p: &mut aya::programs::CgroupSkb = program(ebpf, prog)?;
+    p.load().map_err(err)?;
+    let id = p
+        .attach(
+            &dir,
+            aya::programs::CgroupSkbAttachType::Ingress,
+            aya::programs::CgroupAttachMode::Single,
+        )
+        .map_err(err)?;
+    if let Some(pin) = pin {
+        let link = p.take_link(id).map_err(err)?;
+        if let Ok(fd) = aya::programs::links::FdLink::try_from(link) {
+            replace_pin(fd, &pin.join("links").join(prog))?;
+        }
+    }
     Ok(())
 }
+
+/// The cgroup_skb ingress program that learns DNS answers for domain
+/// rules, attached beside [`SOCK_ADDR`].
+pub const DNS_INGRESS: &str = "dns_ingress";
 
 fn attach_fileops(ebpf: &mut Ebpf) -> Result<(), LoadError> {
     let exit = "sys_exit_fileop";

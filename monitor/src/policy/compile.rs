@@ -8,7 +8,7 @@ use std::{
 
 use monitor_common::policy::{
     mode, net_action, verdict, DfaHeader, DfaTables, PolicyConfig, DFA_MAGIC, DFA_MAX_CELLS,
-    DFA_MAX_STATES, DFA_VERSION,
+    DFA_MAX_STATES, DFA_VERSION, DOMAIN_MARK,
 };
 use regex_automata::{
     dfa::{dense, Automaton, StartKind},
@@ -23,7 +23,7 @@ use super::{
     error::CompileError,
     file::{Mode, NetDefault, Origin, Policy, Rule, RuleBody, RuleKind},
     glob::{expand_root, normalize_root, AbsGlob, Glob, Tail},
-    net::{compile_net, NetRuleRef, NetTables},
+    net::{compile_net, DomainPattern, NetRuleRef, NetTables},
 };
 
 /// Memory the DFA construction may use before giving up (bytes).
@@ -248,7 +248,19 @@ pub fn compile(policy: &Policy, ctx: &CompileContext) -> Result<CompiledPolicy, 
         add(*id, verdict::WRITABLE, AbsGlob::literal(root, true));
     }
 
-    let (mut dfa, mut stats) = build_dfa(&policy.name, &patterns)?;
+    let domains: Vec<(u8, DomainPattern)> = rules
+        .iter()
+        .filter_map(|r| match (&r.kind, &r.body) {
+            (RuleKind::DeniedDomain, RuleBody::Domain(d)) => {
+                Some((verdict::DOMAIN_DENY, d.clone()))
+            }
+            (RuleKind::AllowedDomain, RuleBody::Domain(d)) => {
+                Some((verdict::DOMAIN_ALLOW, d.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    let (mut dfa, mut stats) = build_dfa_with_domains(&policy.name, &patterns, &domains)?;
     stats.expanded_globs = patterns.len();
     let matcher = build_matcher(&policy.name, &patterns)?;
 
@@ -347,10 +359,46 @@ pub fn build_dfa(
     policy: &str,
     patterns: &[ExpandedPattern],
 ) -> Result<(Box<DfaTables>, DfaStats), CompileError> {
+    build_dfa_with_domains(policy, patterns, &[])
+}
+
+/// The regex of a domain pattern over the DFA's domain input
+/// ([`DOMAIN_MARK`] and the lowercase dotted name).
+fn domain_regex(d: &DomainPattern) -> String {
+    let name: String = d
+        .name
+        .chars()
+        .map(|c| match c {
+            '.' => "\\.".to_string(),
+            c => c.to_string(),
+        })
+        .collect();
+    let any = if d.wildcard { ".+\\." } else { "" };
+    format!("\\x{DOMAIN_MARK:02x}{any}{name}")
+}
+
+/// [`build_dfa`] plus domain patterns (`(verdict bit, pattern)`), matched
+/// on inputs that start with [`DOMAIN_MARK`] (a path never does).
+pub fn build_dfa_with_domains(
+    policy: &str,
+    patterns: &[ExpandedPattern],
+    domains: &[(u8, DomainPattern)],
+) -> Result<(Box<DfaTables>, DfaStats), CompileError> {
     let mut regexes: Vec<String> = Vec::new();
     let mut bits: Vec<u8> = Vec::new();
     for bit in BITS {
         let alts = bit_alternatives(patterns.iter().filter(|p| p.bit == bit));
+        if !alts.is_empty() {
+            regexes.push(format!("(?:{})\\z", alts.join("|")));
+            bits.push(bit);
+        }
+    }
+    for bit in [verdict::DOMAIN_DENY, verdict::DOMAIN_ALLOW] {
+        let alts: Vec<String> = domains
+            .iter()
+            .filter(|(b, _)| *b == bit)
+            .map(|(_, d)| domain_regex(d))
+            .collect();
         if !alts.is_empty() {
             regexes.push(format!("(?:{})\\z", alts.join("|")));
             bits.push(bit);

@@ -626,6 +626,83 @@ fn network_decisions() {
     );
 }
 
+/// The domain input the kernel walks: the mark byte and the name.
+fn domain_input(name: &str) -> Vec<u8> {
+    let mut v = vec![monitor_common::policy::DOMAIN_MARK];
+    v.extend_from_slice(name.as_bytes());
+    v
+}
+
+/// The kernel's domain decision from the DFA bits, as `net.rs` takes it.
+fn kernel_domain_access(c: &CompiledPolicy, name: &str) -> Option<Access> {
+    let v = walk(&c.dfa, &domain_input(name));
+    if v & verdict::DOMAIN_DENY != 0 {
+        Some(Access::Deny)
+    } else if v & verdict::DOMAIN_ALLOW != 0 {
+        Some(Access::Allow)
+    } else {
+        None
+    }
+}
+
+#[test]
+fn domain_rules_walked_like_the_kernel_agree_with_explain() {
+    let c = policy(
+        r#"
+mode = "enforce"
+[permissions.filesystem]
+deny_read = ["**/.env", "/*"]
+[network]
+denied_domains = ["*.evil.example", "bad.test", "*.mixed.test"]
+allowed_domains = ["registry.example", "*.mixed.test", "*.evil.example", "x.y.z"]
+"#,
+    );
+    // Fixed cases: (name, expected kernel outcome).
+    let cases: &[(&str, Option<Access>)] = &[
+        ("a.evil.example", Some(Access::Deny)),
+        ("deep.a.evil.example", Some(Access::Deny)),
+        ("evil.example", None),
+        ("xevil.example", None),
+        ("bad.test", Some(Access::Deny)),
+        ("a.bad.test", None),
+        ("registry.example", Some(Access::Allow)),
+        ("static.registry.example", None),
+        ("m.mixed.test", Some(Access::Deny)),
+        ("x.y.z", Some(Access::Allow)),
+        ("y.z", None),
+        ("", None),
+    ];
+    for (name, want) in cases {
+        assert_eq!(kernel_domain_access(&c, name), *want, "{name:?}");
+    }
+    // A path never matches a domain rule and a domain never matches a path
+    // rule, though `/*` would match any single component.
+    assert_eq!(
+        walk(&c.dfa, b"/registry.example") & (verdict::DOMAIN_DENY | verdict::DOMAIN_ALLOW),
+        0
+    );
+    assert_eq!(walk(&c.dfa, &domain_input("x.env")) & verdict::DENY_READ, 0);
+    // Random names against the user-space explanation.
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let labels = [
+        "a", "evil", "example", "bad", "test", "mixed", "registry", "x", "y", "z", "static",
+    ];
+    let mut checked = 0;
+    for _ in 0..3000 {
+        let n = rng.gen_range(1..=4);
+        let name: Vec<&str> = (0..n)
+            .map(|_| labels[rng.gen_range(0..labels.len())])
+            .collect();
+        let name = name.join(".");
+        let d = explain_host(&c, &name, 443);
+        let want = (d.reason == NetReason::Domain).then_some(d.access);
+        assert_eq!(kernel_domain_access(&c, &name), want, "seed {seed}: {name}");
+        checked += 1;
+    }
+    eprintln!("seed {seed}: {checked} domain names checked");
+}
+
 #[test]
 fn hash_is_stable_and_session_bound() {
     let p = Policy::parse("t.toml", BASIC, None).unwrap_or_else(|e| panic!("{e}"));
