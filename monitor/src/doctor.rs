@@ -54,7 +54,9 @@ fn protections(probes: &[Probe]) -> Vec<(String, String)> {
         (
             "network rules".into(),
             if ok("cgroup_sock_addr") {
-                "enforced in the kernel (cgroup connect/sendmsg hooks)".into()
+                "enforced in the kernel (cgroup connect/sendmsg hooks; domain rules from \
+                 the DNS answers a cgroup_skb ingress program sees)"
+                    .into()
             } else {
                 "not available: cgroup sock_addr programs are refused".into()
             },

@@ -260,6 +260,8 @@ pub fn protection_modes(c: &CompiledPolicy, backend: Backend) -> serde_json::Val
         "exec": {"mode": if backend.lsm { name(c.config.exec_mode) } else { "off" },
             "backend": if backend.lsm { "bpf_lsm" } else { "none (needs BPF LSM)" }},
         "network": {"mode": name(c.config.net_mode), "backend": "cgroup_sock_addr"},
+        "domains": {"mode": name(c.config.net_mode),
+            "backend": "dns answers (cgroup_skb ingress) + cgroup_sock_addr"},
     })
 }
 

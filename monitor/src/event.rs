@@ -582,6 +582,38 @@ pub mod encode {
         out.extend_from_slice(path);
         out
     }
+
+    /// A connect record to `addr` (IPv4 mapped) with a learned `domain`.
+    pub fn net(
+        header: EventHeader,
+        addr: [u8; 16],
+        port: u16,
+        domain: &[u8],
+        reason: u8,
+    ) -> Vec<u8> {
+        let size = std::mem::size_of::<NetEvent>() + domain.len();
+        let ev = NetEvent {
+            header: EventHeader {
+                kind: kind::NET_CONNECT,
+                size: size as u32,
+                ..header
+            },
+            addr,
+            port,
+            family: libc::AF_INET as u16,
+            protocol: libc::IPPROTO_TCP as u16,
+            op: net_op::CONNECT,
+            verdict: verdict::DENIED,
+            rule_id: u32::MAX,
+            generation: 3,
+            domain_len: domain.len() as u16,
+            reason,
+            _pad: [0; 5],
+        };
+        let mut out = raw(&ev);
+        out.extend_from_slice(domain);
+        out
+    }
 }
 
 #[cfg(test)]
@@ -690,6 +722,42 @@ mod tests {
         let mut bad = rec.clone();
         bad.truncate(bad.len() - 2);
         assert!(decode(&bad).is_err());
+    }
+
+    #[test]
+    fn net_round_trip_with_and_without_a_domain() {
+        let addr = std::net::Ipv4Addr::new(10, 1, 2, 3)
+            .to_ipv6_mapped()
+            .octets();
+        let rec = encode::net(header(), addr, 443, b"x.paste.example", net_reason::DOMAIN);
+        let Ok(Event::NetConnect(n)) = decode(&rec) else {
+            panic!("not a connect: {:?}", decode(&rec))
+        };
+        assert_eq!(
+            (n.address.as_str(), n.port, n.family, n.decision),
+            ("10.1.2.3", 443, "ipv4", "denied")
+        );
+        assert_eq!(n.domain.as_deref(), Some("x.paste.example"));
+        assert_eq!(
+            (n.reason, n.rule_id, n.policy_generation),
+            (Some("domain"), None, 3)
+        );
+        let rec = encode::net(header(), addr, 80, b"", net_reason::DEFAULT);
+        let Ok(Event::NetConnect(n)) = decode(&rec) else {
+            panic!("not a connect")
+        };
+        assert_eq!((n.domain.as_deref(), n.reason), (None, Some("default")));
+        let json = serde_json::to_value(&n).unwrap();
+        assert!(json.get("domain").is_none(), "{json}");
+        // A name length beyond the record is an error.
+        let mut rec = encode::net(header(), addr, 80, b"a.b", net_reason::DOMAIN);
+        let at = std::mem::offset_of!(NetEvent, domain_len);
+        rec[at..at + 2].copy_from_slice(&300u16.to_ne_bytes());
+        assert!(
+            matches!(decode(&rec), Err(DecodeError::Overrun { .. })),
+            "{:?}",
+            decode(&rec)
+        );
     }
 
     #[test]

@@ -264,9 +264,9 @@ fn without_lsm_fallback_audit_reports_and_kill_kills() {
     assert_eq!(rec["decision"], "killed");
 }
 
-/// A DNS server on loopback for the domain-rule test: answers A queries
-/// from a fixed table with one record (TTL 5 s), everything else with no
-/// answer. Names starting with `spoof.` are answered from a second
+/// A DNS server on loopback for the domain-rule test: answers A and AAAA
+/// queries from a fixed table with one record (TTL 5 s), everything else
+/// with no answer. Names starting with `spoof.` are answered from a second
 /// address, which the querying socket never sent to.
 struct FakeDns {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -277,7 +277,7 @@ const DNS_ADDR: &str = "127.0.0.153";
 const DNS_SPOOF_ADDR: &str = "127.0.0.154";
 
 impl FakeDns {
-    fn start(table: Vec<(&'static str, [u8; 4])>) -> FakeDns {
+    fn start(table: Vec<(&'static str, Vec<u8>)>) -> FakeDns {
         let bind = |a: &str| {
             UdpSocket::bind((a, 53)).unwrap_or_else(|e| {
                 panic!("binding the test's fake DNS server to {a}:53 (UDP) failed: {e}; free that address/port")
@@ -299,17 +299,18 @@ impl FakeDns {
                     continue;
                 };
                 let qtype = u16::from_be_bytes([buf[qend - 4], buf[qend - 3]]);
+                let want = if qtype == 28 { 16 } else { 4 };
                 let hit = table
                     .iter()
-                    .find(|(t, _)| *t == name)
-                    .filter(|_| qtype == 1)
-                    .map(|(_, ip)| *ip);
+                    .find(|(t, ip)| *t == name && ip.len() == want)
+                    .map(|(_, ip)| ip.clone());
                 let mut r = Vec::with_capacity(qend + 16);
                 r.extend_from_slice(&buf[..2]);
                 r.extend_from_slice(&[0x81, 0x80, 0, 1, 0, hit.is_some() as u8, 0, 0, 0, 0]);
                 r.extend_from_slice(&buf[12..qend]);
                 if let Some(ip) = hit {
-                    r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 5, 0, 4]);
+                    let t = if ip.len() == 16 { 28 } else { 1 };
+                    r.extend_from_slice(&[0xc0, 0x0c, 0, t, 0, 1, 0, 0, 0, 5, 0, ip.len() as u8]);
                     r.extend_from_slice(&ip);
                 }
                 let out = if name.starts_with("spoof.") {
@@ -358,19 +359,21 @@ fn question(m: &[u8]) -> Option<(String, usize)> {
 /// connects. Each step prints one line.
 const DNS_CLIENT: &str = r#"
 import socket, struct, sys
-def resolve(name, connected=True):
+def resolve(name, connected=True, v6=False):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.settimeout(5)
     q = struct.pack('>HHHHHH', 0x4242, 0x0100, 1, 0, 0, 0)
     q += b''.join(bytes([len(l)]) + l.encode() for l in name.split('.')) + b'\0'
-    q += struct.pack('>HH', 1, 1)
+    q += struct.pack('>HH', 28 if v6 else 1, 1)
     if connected:
         s.connect((DNS, 53)); s.send(q); r = s.recv(512)
     else:
         s.sendto(q, (DNS, 53)); r, _ = s.recvfrom(512)
+    if v6:
+        return socket.inet_ntop(socket.AF_INET6, r[len(q) + 12:len(q) + 28])
     return socket.inet_ntoa(r[len(q) + 12:len(q) + 16])
 def connect(ip, port):
-    s = socket.socket(); s.settimeout(5)
+    s = socket.socket(socket.AF_INET6 if ':' in ip else socket.AF_INET); s.settimeout(5)
     try:
         s.connect((ip, port)); return 'ok'
     except OSError as e:
@@ -382,6 +385,8 @@ while args:
         name = args.pop(0); print('resolved', name, resolve(name), flush=True)
     elif op == 'ru':
         name = args.pop(0); print('resolved', name, resolve(name, False), flush=True)
+    elif op == 'r6':
+        name = args.pop(0); print('resolved', name, resolve(name, v6=True), flush=True)
     else:
         ip = args.pop(0); port = int(args.pop(0)); print('connect', ip, connect(ip, port), flush=True)
 "#;
@@ -395,10 +400,14 @@ while args:
 fn domain_rules_use_the_dns_answers_the_session_received() {
     require_root!();
     let dns = FakeDns::start(vec![
-        ("api.allowed.test", [127, 0, 0, 21]),
-        ("x.denied.test", [127, 0, 0, 22]),
-        ("other.test", [127, 0, 0, 23]),
-        ("spoof.allowed.test", [127, 0, 0, 24]),
+        ("api.allowed.test", vec![127, 0, 0, 21]),
+        ("x.denied.test", vec![127, 0, 0, 22]),
+        ("other.test", vec![127, 0, 0, 23]),
+        ("spoof.allowed.test", vec![127, 0, 0, 24]),
+        (
+            "v6.denied.test",
+            std::net::Ipv6Addr::LOCALHOST.octets().to_vec(),
+        ),
     ]);
     let mut d = Daemon::start(&[]);
     let m = marker("dns");
@@ -407,6 +416,8 @@ fn domain_rules_use_the_dns_answers_the_session_received() {
         .map(|i| TcpListener::bind(format!("127.0.0.{i}:0")).unwrap())
         .collect();
     let port = |i: usize| listeners[i - 21].local_addr().unwrap().port().to_string();
+    let l6 = TcpListener::bind("[::1]:0").expect("IPv6 loopback ::1 (the AAAA case needs it)");
+    let p6 = l6.local_addr().unwrap().port().to_string();
     let client = write(
         &dir,
         "client.py",
@@ -455,6 +466,14 @@ fn domain_rules_use_the_dns_answers_the_session_received() {
             "c",
             "127.0.0.21",
             &p21,
+            "c",
+            "::1",
+            &p6,
+            "r6",
+            "v6.denied.test",
+            "c",
+            "::1",
+            &p6,
         ]),
     );
     let lines: Vec<&str> = out.lines().collect();
@@ -466,6 +485,9 @@ fn domain_rules_use_the_dns_answers_the_session_received() {
             "connect 127.0.0.22 errno 1",
             "resolved api.allowed.test 127.0.0.21",
             "connect 127.0.0.21 ok",
+            "connect ::1 ok",
+            "resolved v6.denied.test ::1",
+            "connect ::1 errno 1",
         ],
         "{out}"
     );
@@ -543,6 +565,11 @@ fn domain_rules_use_the_dns_answers_the_session_received() {
     assert_eq!(
         rec["rule"],
         "network.denied_domains: *.denied.test (via x.denied.test)"
+    );
+    let v6 = find(&id1, &p6, "denied");
+    assert_eq!(
+        (v6["address"].as_str(), v6["domain"].as_str()),
+        (Some("::1"), Some("v6.denied.test"))
     );
     let first = find(&id1, &p22, "allowed");
     assert!(first.get("domain").is_none(), "{first}");
