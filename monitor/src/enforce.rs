@@ -481,26 +481,6 @@ pub fn kernel_dev(st_dev: u64) -> u64 {
     (major << 20) | minor
 }
 
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// File system roots from `/proc/self/mountinfo` text: for each mount, the
 /// identity of its root dentry (`stat` of the mount point gives the inode;
 /// the device is the super block's, from mountinfo) and the mount point.
@@ -526,7 +506,7 @@ pub fn fs_roots(
         };
         let kdev = (maj << 20) | min;
         let root_is_fs_root = f[3] == "/";
-        let point = unescape_mountinfo(f[4]);
+        let point = crate::cgroup::unescape_octal(f[4]);
         if point.len() >= FS_ROOT_PREFIX_BYTES {
             continue;
         }

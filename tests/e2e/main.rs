@@ -5,10 +5,10 @@
 //! Codex is installed from the npm registry by `cargo xtask setup --e2e`
 //! into `$AGENTMON_CODEX_DIR` (default `~/.cache/agentmon/codex`).
 
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
 use agentmon_tests::{
-    codex::{codex_bin, codex_home},
+    codex::{codex_bin, codex_home, run_codex_exec, CodexRun},
     fake_model::{FakeModel, ScriptedCall},
     is_root, marker,
     otlp_receiver::OtlpReceiver,
@@ -22,7 +22,8 @@ fn codex_commands_are_exec_events_joined_to_its_ids() {
         eprintln!("skip: needs root to load eBPF programs");
         return;
     }
-    let codex = codex_bin();
+    // Fails early, naming the setup command, when Codex is not installed.
+    codex_bin();
     let m = marker("e2e");
     let script = vec![
         ScriptedCall {
@@ -46,39 +47,7 @@ fn codex_commands_are_exec_events_joined_to_its_ids() {
     )
     .unwrap();
     let mut d = Daemon::start(&["--config", cfg.to_str().unwrap()]);
-    let out = d
-        .cli()
-        .args(["run", "-q", "--session", &m, "--workspace"])
-        .arg(&ws)
-        .arg("--")
-        .args(["timeout", "180"])
-        .arg(&codex)
-        .args([
-            "exec",
-            "--skip-git-repo-check",
-            "--dangerously-bypass-hook-trust",
-            "--json",
-            "go",
-        ])
-        .current_dir(&ws)
-        .env("CODEX_HOME", &home)
-        .env("FAKE_API_KEY", "x")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "codex failed: {}\nstdout: {stdout}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let thread_id = stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v["type"] == "thread.started")
-        .and_then(|v| v["thread_id"].as_str().map(str::to_string))
-        .unwrap_or_else(|| panic!("no thread.started in codex output: {stdout}"));
+    let CodexRun { thread_id, .. } = run_codex_exec(&d, &m, (&ws, &home), None, 180, &[]);
     let end = d.wait_session_end(&m, Duration::from_secs(120));
     // The hook attached Codex's session id to the agentmon session.
     assert_eq!(

@@ -437,7 +437,7 @@ fn domain_rules_use_the_dns_answers_the_session_received() {
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let args = |t: String| t.split_whitespace().map(String::from).collect::<Vec<_>>();
 
     // A deny list: the address is refused once a denied name gave it.
     let deny = write(
@@ -452,29 +452,9 @@ fn domain_rules_use_the_dns_answers_the_session_received() {
         &d,
         &id1,
         &deny,
-        &s(&[
-            "c",
-            "127.0.0.22",
-            &p22,
-            "r",
-            "x.denied.test",
-            "c",
-            "127.0.0.22",
-            &p22,
-            "r",
-            "api.allowed.test",
-            "c",
-            "127.0.0.21",
-            &p21,
-            "c",
-            "::1",
-            &p6,
-            "r6",
-            "v6.denied.test",
-            "c",
-            "::1",
-            &p6,
-        ]),
+        &args(format!(
+            "c 127.0.0.22 {p22} r x.denied.test c 127.0.0.22 {p22} r api.allowed.test c 127.0.0.21 {p21} c ::1 {p6} r6 v6.denied.test c ::1 {p6}"
+        )),
     );
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
@@ -508,26 +488,9 @@ fn domain_rules_use_the_dns_answers_the_session_received() {
         &d,
         &id2,
         &allow,
-        &s(&[
-            "c",
-            "127.0.0.21",
-            &p21,
-            "r",
-            "api.allowed.test",
-            "c",
-            "127.0.0.21",
-            &p21,
-            "r",
-            "other.test",
-            "c",
-            "127.0.0.23",
-            &p23,
-            "ru",
-            "spoof.allowed.test",
-            "c",
-            "127.0.0.24",
-            &p24,
-        ]),
+        &args(format!(
+            "c 127.0.0.21 {p21} r api.allowed.test c 127.0.0.21 {p21} r other.test c 127.0.0.23 {p23} ru spoof.allowed.test c 127.0.0.24 {p24}"
+        )),
     );
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
@@ -592,18 +555,9 @@ fn domain_rules_use_the_dns_answers_the_session_received() {
     // Outside every session the same steps all connect.
     let out = Command::new("python3")
         .arg(&client)
-        .args(s(&[
-            "r",
-            "x.denied.test",
-            "c",
-            "127.0.0.22",
-            &p22,
-            "r",
-            "other.test",
-            "c",
-            "127.0.0.23",
-            &p23,
-        ]))
+        .args(args(format!(
+            "r x.denied.test c 127.0.0.22 {p22} r other.test c 127.0.0.23 {p23}"
+        )))
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

@@ -4,16 +4,15 @@
 //! joins Codex's own tool call by `conversation.id` and `call_id` at the
 //! OTLP receiver.
 
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
 use agentmon_tests::{
-    codex::{codex_bin, codex_home},
+    codex::{codex_bin, codex_home, run_codex_exec, CodexRun},
     fake_model::{FakeModel, ScriptedCall},
     marker,
     otlp_receiver::OtlpReceiver,
     Daemon,
 };
-use serde_json::Value;
 
 use crate::{require, require_lsm};
 
@@ -25,7 +24,8 @@ fn codex_cat_env_is_denied_and_the_denial_joins_the_tool_call() {
         codex_dir.is_some(),
         "AGENTMON_CODEX_DIR is not set (cargo xtask vm-test sets it)"
     );
-    let codex = codex_bin();
+    // Fails early, naming the setup command, when Codex is not installed.
+    codex_bin();
     let m = marker("vme2e");
     let call_id = format!("call_{m}_env");
     let model = FakeModel::start(vec![ScriptedCall {
@@ -51,43 +51,14 @@ fn codex_cat_env_is_denied_and_the_denial_joins_the_tool_call() {
     )
     .unwrap();
     let mut d = Daemon::start(&["--config", cfg.to_str().unwrap()]);
-    let out = d
-        .cli()
-        .args(["run", "-q", "--session", &m, "--policy"])
-        .arg(&policy)
-        .arg("--workspace")
-        .arg(&ws)
-        .arg("--")
-        .args(["timeout", "600"])
-        .arg(&codex)
-        .args([
-            "exec",
-            "--skip-git-repo-check",
-            "--dangerously-bypass-hook-trust",
-            "--sandbox",
-            "danger-full-access",
-            "--json",
-            "go",
-        ])
-        .current_dir(&ws)
-        .env("CODEX_HOME", &home)
-        .env("FAKE_API_KEY", "x")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "codex failed: {}\nstdout: {stdout}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+    let CodexRun { stdout, thread_id } = run_codex_exec(
+        &d,
+        &m,
+        (&ws, &home),
+        Some(&policy),
+        600,
+        &["--sandbox", "danger-full-access"],
     );
-    let thread_id = stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v["type"] == "thread.started")
-        .and_then(|v| v["thread_id"].as_str().map(str::to_string))
-        .unwrap_or_else(|| panic!("no thread.started in codex output: {stdout}"));
     // What Codex saw: the command failed with EACCES, the secret never
     // reached the model's transcript.
     assert!(

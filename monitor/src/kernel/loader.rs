@@ -363,12 +363,7 @@ pub fn attach_cgroup(
             .attach(&dir, aya::programs::CgroupAttachMode::Single)
             .map_err(err)?;
         if let Some(pin) = pin {
-            let link = p.take_link(id).map_err(err)?;
-            // A bpf link when the kernel has them (5.7+); a legacy
-            // attachment cannot be pinned and is left as it is.
-            if let Ok(fd) = aya::programs::links::FdLink::try_from(link) {
-                replace_pin(fd, &pin.join("links").join(prog))?;
-            }
+            pin_cgroup_link(p.take_link(id).map_err(err)?, pin, prog)?;
         }
     }
     let prog = DNS_INGRESS;
@@ -386,10 +381,20 @@ pub fn attach_cgroup(
         )
         .map_err(err)?;
     if let Some(pin) = pin {
-        let link = p.take_link(id).map_err(err)?;
-        if let Ok(fd) = aya::programs::links::FdLink::try_from(link) {
-            replace_pin(fd, &pin.join("links").join(prog))?;
-        }
+        pin_cgroup_link(p.take_link(id).map_err(err)?, pin, prog)?;
+    }
+    Ok(())
+}
+
+/// Pins a cgroup program's link under `<pin>/links/<prog>`: a bpf link when
+/// the kernel has them (5.7+); a legacy attachment cannot be pinned and is
+/// left as it is.
+fn pin_cgroup_link<L>(link: L, pin: &Path, prog: &str) -> Result<(), LoadError>
+where
+    aya::programs::links::FdLink: TryFrom<L>,
+{
+    if let Ok(fd) = aya::programs::links::FdLink::try_from(link) {
+        replace_pin(fd, &pin.join("links").join(prog))?;
     }
     Ok(())
 }

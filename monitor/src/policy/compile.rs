@@ -364,7 +364,7 @@ pub fn build_dfa(
 
 /// The regex of a domain pattern over the DFA's domain input
 /// ([`DOMAIN_MARK`] and the lowercase dotted name).
-fn domain_regex(d: &DomainPattern) -> String {
+pub(crate) fn domain_regex(d: &DomainPattern) -> String {
     let name: String = d
         .name
         .chars()

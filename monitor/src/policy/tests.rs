@@ -893,6 +893,21 @@ fn minimization_matches_regex_automata() {
             regexes.push(format!("(?:{})\\z", alts.join("|")));
         }
     }
+    // The domain patterns share the DFA (behind the domain mark byte).
+    for kind in [RuleKind::DeniedDomain, RuleKind::AllowedDomain] {
+        let alts: Vec<String> = c
+            .rules
+            .iter()
+            .filter(|r| r.kind == kind)
+            .filter_map(|r| match &r.body {
+                super::file::RuleBody::Domain(d) => Some(super::compile::domain_regex(d)),
+                _ => None,
+            })
+            .collect();
+        if !alts.is_empty() {
+            regexes.push(format!("(?:{})\\z", alts.join("|")));
+        }
+    }
     let reference = dense::Builder::new()
         .configure(
             dense::DFA::config()

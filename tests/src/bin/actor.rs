@@ -110,22 +110,9 @@ fn main() {
         }
         Some("uring-open") => {
             // One IORING_OP_OPENAT: invisible to the open syscall tracepoints.
-            let path = CString::new(args[2].as_str()).unwrap();
-            let mut ring = io_uring::IoUring::new(4).expect("io_uring_setup");
-            let op =
-                io_uring::opcode::OpenAt::new(io_uring::types::Fd(libc::AT_FDCWD), path.as_ptr())
-                    .flags(libc::O_RDONLY)
-                    .build();
-            // SAFETY: `path` outlives the submission, which completes below.
-            unsafe { ring.submission().push(&op).expect("sq push") };
-            ring.submit_and_wait(1).expect("io_uring_enter");
-            let cqe = ring.completion().next().expect("completion");
-            assert!(
-                cqe.result() >= 0,
-                "io_uring openat failed: {}",
-                cqe.result()
-            );
-            println!("fd {}", cqe.result());
+            let r = uring_openat(&args[2]);
+            assert!(r >= 0, "io_uring openat failed: {r}");
+            println!("fd {r}");
         }
         Some("openloop") => {
             // N open+close pairs of PATH; prints the mean ns per pair.
@@ -236,16 +223,7 @@ fn main() {
             panic!("exec {}: {e}", args[2]);
         }
         Some("uring-try") => {
-            let path = CString::new(args[2].as_str()).unwrap();
-            let mut ring = io_uring::IoUring::new(4).expect("io_uring_setup");
-            let op =
-                io_uring::opcode::OpenAt::new(io_uring::types::Fd(libc::AT_FDCWD), path.as_ptr())
-                    .flags(libc::O_RDONLY)
-                    .build();
-            // SAFETY: `path` outlives the submission, which completes below.
-            unsafe { ring.submission().push(&op).expect("sq push") };
-            ring.submit_and_wait(1).expect("io_uring_enter");
-            let r = ring.completion().next().expect("completion").result();
+            let r = uring_openat(&args[2]);
             report(if r >= 0 { 0 } else { -r });
         }
         Some("chroot-open") => {
@@ -342,4 +320,19 @@ fn main() {
             std::process::exit(2);
         }
     }
+}
+
+/// One `IORING_OP_OPENAT` of `path` (read-only): the completion's result,
+/// an fd or a negative errno.
+fn uring_openat(path: &str) -> i32 {
+    let path = CString::new(path).unwrap();
+    let mut ring = io_uring::IoUring::new(4).expect("io_uring_setup");
+    let op = io_uring::opcode::OpenAt::new(io_uring::types::Fd(libc::AT_FDCWD), path.as_ptr())
+        .flags(libc::O_RDONLY)
+        .build();
+    // SAFETY: `path` outlives the submission, which completes below.
+    unsafe { ring.submission().push(&op).expect("sq push") };
+    ring.submit_and_wait(1).expect("io_uring_enter");
+    let r = ring.completion().next().expect("completion").result();
+    r
 }
