@@ -18,6 +18,8 @@ pub mod kind {
     /// A policy decision that denied (or, in audit mode, would have
     /// denied) a file or exec access: [`super::PolicyEvent`].
     pub const POLICY: u16 = 7;
+    /// A DNS answer received by a session socket: [`super::DnsEvent`].
+    pub const DNS: u16 = 8;
 }
 
 /// Header flags.
@@ -243,6 +245,32 @@ pub struct NetEvent {
 }
 const _: () = assert!(core::mem::size_of::<NetEvent>() == 104);
 
+/// Most addresses a [`DnsEvent`] carries.
+pub const DNS_EVENT_ADDRS: usize = 8;
+
+/// A DNS answer that a session socket received and the kernel learned
+/// addresses from (see `monitor-ebpf/src/dns.rs`). The header's process is
+/// the one that sent the query. Followed by `name_len` bytes of the
+/// question name (lowercase, dotted).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsEvent {
+    pub header: EventHeader,
+    /// The server the answer came from (IPv4 mapped).
+    pub server: [u8; 16],
+    /// The first `naddrs` A/AAAA addresses of the answer (IPv4 mapped).
+    pub addrs: [[u8; 16]; DNS_EVENT_ADDRS],
+    /// Smallest TTL of those records, in seconds.
+    pub ttl: u32,
+    pub name_len: u16,
+    /// Addresses in `addrs`; more were learned when it equals
+    /// [`DNS_EVENT_ADDRS`] and `more` is set.
+    pub naddrs: u8,
+    /// Non-zero when the answer had more addresses than `addrs` holds.
+    pub more: u8,
+}
+const _: () = assert!(core::mem::size_of::<DnsEvent>() == 64 + 16 + 16 * DNS_EVENT_ADDRS + 8);
+
 /// A policy decision against a file or exec access, made in an LSM hook
 /// (or, without BPF LSM, in a syscall tracepoint in audit or kill mode).
 /// Followed by `path_len` bytes of the identity path the decision was made
@@ -356,4 +384,5 @@ mod pod {
     unsafe impl aya::Pod for super::NetEvent {}
     unsafe impl aya::Pod for super::FileOpEvent {}
     unsafe impl aya::Pod for super::PolicyEvent {}
+    unsafe impl aya::Pod for super::DnsEvent {}
 }

@@ -140,8 +140,14 @@ impl Default for DnsName {
 pub struct DnsPeer {
     pub addr: [u8; 16],
     pub session_cgroup_id: u64,
+    /// The process that sent the query (host PID namespace), and its uid
+    /// and gid: the DNS record names them.
+    pub tgid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<DnsPeer>() == 24);
+const _: () = assert!(core::mem::size_of::<DnsPeer>() == 40);
 
 /// Why a network decision was taken (`NetEvent::reason`).
 pub mod net_reason {

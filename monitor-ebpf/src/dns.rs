@@ -13,6 +13,9 @@
 //! connect hooks look the destination up there and walk the policy DFA
 //! over the name.
 //!
+//! Each answer that taught an address is also a `DnsEvent` record for user
+//! space (the querying process, the server, the name and the addresses).
+//!
 //! The map is written before the datagram reaches the socket, so a process
 //! that connects right after reading the answer finds the entry. Nothing is
 //! ever dropped here: the program always returns "pass".
@@ -30,16 +33,23 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     helpers::generated::{
-        bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_loop, bpf_skb_ancestor_cgroup_id,
-        bpf_skb_load_bytes,
+        bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_ktime_get_ns, bpf_loop,
+        bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id, bpf_skb_load_bytes,
     },
     macros::{cgroup_skb, map},
     maps::PerCpuArray,
     programs::SkBuffContext,
 };
-use monitor_common::policy::{DnsKey, DnsName, DNS_NAME_BYTES};
+use monitor_common::{
+    kind,
+    policy::{DnsKey, DnsName, DnsPeer, DNS_NAME_BYTES},
+    DnsEvent, DNS_EVENT_ADDRS,
+};
 
-use crate::maps::{global_u32, DNS_ADDRS, DNS_MIN_TTL, DNS_SOCKS, SESSIONS, SESSION_LEVEL};
+use crate::{
+    header,
+    maps::{global_u32, DNS_ADDRS, DNS_MIN_TTL, DNS_SOCKS, PROCS, SESSIONS, SESSION_LEVEL},
+};
 
 /// Bytes of a DNS message looked at (the classic UDP limit is 512; EDNS
 /// answers may be longer, and records beyond this window are ignored).
@@ -53,6 +63,10 @@ const MAX_ANSWERS: u32 = 32;
 /// softirq context, which does not nest on one CPU.
 #[repr(C)]
 struct DnsScratch {
+    /// The record for user space, assembled here: `ev`, then the name.
+    rec: [u8; REC_BYTES],
+    /// The record's fixed part, filled while the answers are read.
+    ev: DnsEvent,
     /// The DNS message; twice `DNS_BUF` so that masked indexes stay inside.
     msg: [u8; 2 * DNS_BUF],
     /// Bytes of `msg` holding the message.
@@ -76,6 +90,9 @@ struct DnsScratch {
 static DNS_SCRATCH: PerCpuArray<DnsScratch> = PerCpuArray::with_max_entries(1, 0);
 
 const MASK: usize = 2 * DNS_BUF - 1;
+/// Room for a [`DnsEvent`] and the longest name; a power of two.
+const REC_BYTES: usize = 512;
+const _: () = assert!(core::mem::size_of::<DnsEvent>() + DNS_NAME_BYTES <= REC_BYTES);
 
 #[inline(always)]
 fn byte(s: &DnsScratch, at: u32) -> u8 {
@@ -214,6 +231,9 @@ fn try_dns(ctx: &SkBuffContext) -> Result<(), i64> {
         s.out.len = 0;
         s.out.ttl = 0;
         s.out.expires_ns = 0;
+        s.ev.naddrs = 0;
+        s.ev.more = 0;
+        s.ev.ttl = u32::MAX;
     }
     // SAFETY: static callbacks; their context is unused.
     unsafe {
@@ -243,7 +263,55 @@ fn try_dns(ctx: &SkBuffContext) -> Result<(), i64> {
             0,
         )
     };
+    // SAFETY: as above.
+    let s = unsafe { &mut *core::hint::black_box(sp) };
+    if s.ev.naddrs > 0 {
+        emit(ctx, s, &peer, &src);
+    }
     Ok(())
+}
+
+/// Sends the answer's record: the querying process from `DNS_SOCKS`, the
+/// server, the addresses learned, and the name.
+#[inline(always)]
+fn emit(ctx: &SkBuffContext, s: &mut DnsScratch, peer: &DnsPeer, server: &[u8; 16]) {
+    const BODY: usize = core::mem::size_of::<DnsEvent>();
+    let skb = ctx.skb.skb;
+    let h = &mut s.ev.header;
+    h.kind = kind::DNS;
+    h.flags = 0;
+    // SAFETY: helpers valid for cgroup_skb programs.
+    unsafe {
+        h.ts_boot_ns = bpf_ktime_get_boot_ns();
+        h.cgroup_id = bpf_skb_cgroup_id(skb);
+    }
+    h.session_cgroup_id = s.session;
+    // SAFETY: copied out at once.
+    h.exec_id = unsafe { PROCS.get(peer.tgid) }
+        .map(|p| p.exec_id)
+        .unwrap_or(0);
+    h.pid = peer.tgid;
+    h.tgid = peer.tgid;
+    h.ns_tgid = 0;
+    h.uid = peer.uid;
+    h.gid = peer.gid;
+    h._pad = 0;
+    s.ev.server = *server;
+    let len = s.out.len as usize & (DNS_NAME_BYTES - 1);
+    s.ev.name_len = len as u16;
+    let total = BODY + len;
+    h.size = total as u32;
+    // SAFETY: fixed-size copies inside the per-CPU value; `rec` starts the
+    // 8-aligned struct and is larger than BODY + DNS_NAME_BYTES.
+    unsafe {
+        (s.rec.as_mut_ptr() as *mut DnsEvent).write(s.ev);
+        core::ptr::copy_nonoverlapping(
+            s.out.name.as_ptr(),
+            s.rec.as_mut_ptr().add(BODY),
+            DNS_NAME_BYTES,
+        );
+    }
+    header::emit_slice(&s.rec[..total & (REC_BYTES - 1)]);
 }
 
 /// One byte of the question name: label lengths become dots, letters are
@@ -378,6 +446,18 @@ extern "C" fn answer_step(_i: u64, _ctx: *mut c_void) -> i64 {
     }
     s.out.ttl = ttl;
     s.out.expires_ns = s.now + secs * 1_000_000_000;
-    let _ = DNS_ADDRS.insert(&key, &s.out, 0);
+    if DNS_ADDRS.insert(&key, &s.out, 0).is_err() {
+        return 0;
+    }
+    let n = s.ev.naddrs as usize;
+    if n < DNS_EVENT_ADDRS {
+        s.ev.addrs[n & (DNS_EVENT_ADDRS - 1)] = key.addr;
+        s.ev.naddrs += 1;
+    } else {
+        s.ev.more = 1;
+    }
+    if ttl < s.ev.ttl {
+        s.ev.ttl = ttl;
+    }
     0
 }

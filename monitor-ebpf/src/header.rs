@@ -89,7 +89,13 @@ pub fn emit(buf: &[u8; SCRATCH_BYTES], len: usize) {
     if len == 0 {
         return;
     }
-    match EVENTS.output::<[u8]>(&buf[..len], wakeup_flag(len as u64)) {
+    emit_slice(&buf[..len]);
+}
+
+/// Sends `data` as one record.
+#[inline(always)]
+pub fn emit_slice(data: &[u8]) {
+    match EVENTS.output::<[u8]>(data, wakeup_flag(data.len() as u64)) {
         Ok(()) => count(counter::EMITTED),
         Err(_) => count(counter::RINGBUF_FULL),
     }

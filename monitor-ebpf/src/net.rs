@@ -161,7 +161,7 @@ fn decide(scope: &scope::Scope, ev: &mut NetEvent, name: Option<*const DnsName>)
 /// daemon's network namespace, so that `dns_ingress` trusts the answers
 /// from that address to this socket.
 #[inline(always)]
-fn register_dns_query(ctx: &SockAddrContext, scope: &scope::Scope, addr: &[u8; 16]) {
+fn register_dns_query(ctx: &SockAddrContext, scope: &scope::Scope, ev: &NetEvent) {
     let want = global_u64(&NETNS_COOKIE);
     // SAFETY: helpers valid for sock_addr programs; a NULL context gives
     // the initial network namespace.
@@ -180,8 +180,12 @@ fn register_dns_query(ctx: &SockAddrContext, scope: &scope::Scope, addr: &[u8; 1
     // SAFETY: as above.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut c_void) };
     let peer = DnsPeer {
-        addr: *addr,
+        addr: ev.addr,
         session_cgroup_id: scope.session_cgroup_id,
+        tgid: ev.header.tgid,
+        uid: ev.header.uid,
+        gid: ev.header.gid,
+        _pad: 0,
     };
     let _ = DNS_SOCKS.insert(&cookie, &peer, 0);
 }
@@ -233,7 +237,7 @@ fn observe(ctx: &SockAddrContext, op: u8, family: u32) -> i32 {
     let name = learned_name(&scope, &ev.addr);
     let ret = decide(&scope, &mut ev, name);
     if ret == ALLOW && ev.port == 53 && scope.session_cgroup_id != 0 {
-        register_dns_query(ctx, &scope, &ev.addr);
+        register_dns_query(ctx, &scope, &ev);
     }
     emit(&mut ev, name);
     ret

@@ -4,8 +4,8 @@
 //! [`DecodeError`] that the pipeline counts and reports.
 
 use monitor_common::{
-    file_op, kind, net_op, open_syscall, policy::net_reason, verdict, EventHeader, ExecEvent,
-    ExitEvent, FileOpEvent, FileOpenEvent, ForkEvent, NetEvent, PolicyEvent,
+    file_op, kind, net_op, open_syscall, policy::net_reason, verdict, DnsEvent, EventHeader,
+    ExecEvent, ExitEvent, FileOpEvent, FileOpenEvent, ForkEvent, NetEvent, PolicyEvent,
 };
 use serde::Serialize;
 
@@ -171,6 +171,26 @@ pub enum Event {
     NetConnect(Net),
     FileOp(FileOp),
     Policy(PolicyDecision),
+    Dns(DnsAnswer),
+}
+
+/// A DNS answer received by a session socket, whose addresses the kernel
+/// learned for the session's domain rules. The process is the one that
+/// sent the query.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct DnsAnswer {
+    #[serde(flatten)]
+    pub common: Common,
+    /// The question name (lowercase).
+    pub name: String,
+    /// The server that answered.
+    pub server: String,
+    /// The A/AAAA addresses of the answer (at most 8).
+    pub addresses: Vec<String>,
+    /// The answer had more addresses than listed.
+    pub addresses_truncated: bool,
+    /// Smallest TTL of the records, in seconds.
+    pub ttl: u32,
 }
 
 impl Event {
@@ -183,6 +203,7 @@ impl Event {
             Event::NetConnect(e) => &e.common,
             Event::FileOp(e) => &e.common,
             Event::Policy(e) => &e.common,
+            Event::Dns(e) => &e.common,
         }
     }
 
@@ -195,6 +216,7 @@ impl Event {
             Event::NetConnect(_) => "net_connect",
             Event::FileOp(_) => "file_op",
             Event::Policy(_) => "policy",
+            Event::Dns(_) => "dns",
         }
     }
 }
@@ -214,6 +236,15 @@ fn read<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
 }
 
 /// Lossy text for display; non-UTF-8 bytes become U+FFFD.
+/// An address in text: IPv4 for mapped addresses, IPv6 otherwise.
+fn ip_text(a: [u8; 16]) -> String {
+    let v6 = std::net::Ipv6Addr::from(a);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => v4.to_string(),
+        None => v6.to_string(),
+    }
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -405,6 +436,20 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 },
             }))
         }
+        kind::DNS => {
+            let e: DnsEvent = read(bytes, "dns record")?;
+            let tail = &bytes[std::mem::size_of::<DnsEvent>()..];
+            let [name] = fields(tail, [e.name_len as usize], "dns", size)?;
+            let n = (e.naddrs as usize).min(e.addrs.len());
+            Ok(Event::Dns(DnsAnswer {
+                common,
+                name: text(name),
+                server: ip_text(e.server),
+                addresses: e.addrs[..n].iter().map(|a| ip_text(*a)).collect(),
+                addresses_truncated: e.more != 0,
+                ttl: e.ttl,
+            }))
+        }
         kind::POLICY => {
             let e: PolicyEvent = read(bytes, "policy record")?;
             let tail = &bytes[std::mem::size_of::<PolicyEvent>()..];
@@ -583,6 +628,31 @@ pub mod encode {
         out
     }
 
+    /// A DNS answer record for `name` with `addrs`.
+    pub fn dns(header: EventHeader, name: &[u8], addrs: &[[u8; 16]]) -> Vec<u8> {
+        let size = std::mem::size_of::<DnsEvent>() + name.len();
+        let mut ev = DnsEvent {
+            header: EventHeader {
+                kind: kind::DNS,
+                size: size as u32,
+                ..header
+            },
+            ttl: 30,
+            name_len: name.len() as u16,
+            naddrs: addrs.len() as u8,
+            ..Default::default()
+        };
+        ev.server[10] = 0xff;
+        ev.server[11] = 0xff;
+        ev.server[12..].copy_from_slice(&[127, 0, 0, 53]);
+        for (i, a) in addrs.iter().enumerate() {
+            ev.addrs[i] = *a;
+        }
+        let mut out = raw(&ev);
+        out.extend_from_slice(name);
+        out
+    }
+
     /// A connect record to `addr` (IPv4 mapped) with a learned `domain`.
     pub fn net(
         header: EventHeader,
@@ -758,6 +828,30 @@ mod tests {
             "{:?}",
             decode(&rec)
         );
+    }
+
+    #[test]
+    fn dns_round_trip() {
+        let v4 = std::net::Ipv4Addr::new(140, 82, 112, 3)
+            .to_ipv6_mapped()
+            .octets();
+        let v6 = std::net::Ipv6Addr::LOCALHOST.octets();
+        let rec = encode::dns(header(), b"api.github.com", &[v4, v6]);
+        let Ok(Event::Dns(a)) = decode(&rec) else {
+            panic!("not a dns record: {:?}", decode(&rec))
+        };
+        assert_eq!(a.name, "api.github.com");
+        assert_eq!(a.server, "127.0.0.53");
+        assert_eq!(a.addresses, vec!["140.82.112.3", "::1"]);
+        assert_eq!((a.ttl, a.addresses_truncated), (30, false));
+        // A count beyond the array is clamped, never an out-of-bounds read.
+        let mut rec = encode::dns(header(), b"x", &[v4]);
+        let at = std::mem::offset_of!(DnsEvent, naddrs);
+        rec[at] = 200;
+        let Ok(Event::Dns(a)) = decode(&rec) else {
+            panic!("not a dns record")
+        };
+        assert_eq!(a.addresses.len(), monitor_common::DNS_EVENT_ADDRS);
     }
 
     #[test]

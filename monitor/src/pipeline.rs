@@ -155,10 +155,11 @@ pub fn to_store_record(v: &Value) -> crate::store::Record {
             _ => None,
         },
         "session_start" | "session_end" => s("session_id"),
+        "dns" => s("name"),
         _ => None,
     };
     let decision = match kind.as_str() {
-        "session_start" | "session_end" | "loss" => None,
+        "session_start" | "session_end" | "loss" | "dns" => None,
         _ => Some(s("decision").unwrap_or_else(|| "allowed".into())),
     };
     let mut r = crate::store::Record::new(

@@ -534,6 +534,24 @@ fn domain_rules_use_the_dns_answers_the_session_received() {
         (v6["address"].as_str(), v6["domain"].as_str()),
         (Some("::1"), Some("v6.denied.test"))
     );
+    // The answers that taught an address are `dns` records of the process
+    // that asked; the spoofed one is not.
+    let dns_rec = |id: &str, name: &str| {
+        d.seen
+            .iter()
+            .find(|v| v["session_id"] == id && v["kind"] == "dns" && v["name"] == name)
+            .cloned()
+    };
+    let answer = dns_rec(&id1, "x.denied.test").expect("dns record for x.denied.test");
+    assert_eq!(answer["addresses"], serde_json::json!(["127.0.0.22"]));
+    assert_eq!(answer["server"], DNS_ADDR);
+    assert_eq!(
+        answer["tgid"], rec["tgid"],
+        "the querying process: {answer}"
+    );
+    let answer6 = dns_rec(&id1, "v6.denied.test").expect("dns record for v6.denied.test");
+    assert_eq!(answer6["addresses"], serde_json::json!(["::1"]));
+    assert!(dns_rec(&id2, "spoof.allowed.test").is_none());
     let first = find(&id1, &p22, "allowed");
     assert!(first.get("domain").is_none(), "{first}");
     let ok = find(&id1, &p21, "allowed");

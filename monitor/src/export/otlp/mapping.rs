@@ -62,9 +62,11 @@ pub fn event_name(record: &Value) -> &'static str {
     if decision(record) == Decision::Denied {
         return EVENT_DENIED;
     }
-    if record.get("kind").and_then(Value::as_str) == Some("policy") {
+    match record.get("kind").and_then(Value::as_str) {
         // A file or exec decision in audit mode.
-        return "agentmon.policy.would_deny";
+        Some("policy") => return "agentmon.policy.would_deny",
+        Some("dns") => return "agentmon.dns.answer",
+        _ => {}
     }
     match kind_index(record) {
         0 => "agentmon.process.exec",
@@ -346,6 +348,14 @@ fn body(obj: &Map<String, Value>, dec: Decision) -> String {
             }
             format!("events lost: {}", parts.join(" "))
         }
+        "dns" => {
+            let addrs: Vec<&str> = obj
+                .get("addresses")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            format!("dns {} -> {}", s(obj, "name"), addrs.join(", "))
+        }
         other => other.to_string(),
     };
     let rule = obj
@@ -487,6 +497,7 @@ mod tests {
             ("session_start", "agentmon.session.start"),
             ("session_end", "agentmon.session.end"),
             ("loss", "agentmon.loss"),
+            ("dns", "agentmon.dns.answer"),
             ("something_new", "agentmon.event"),
         ] {
             let r = json!({"kind": kind});
