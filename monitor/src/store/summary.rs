@@ -66,7 +66,13 @@ pub struct SessionReport {
     pub losses: BTreeMap<String, u64>,
     /// Every kind with its count.
     pub by_kind: BTreeMap<String, u64>,
+    /// Distinct names the session's DNS answers were for (`dns` records),
+    /// sorted; at most [`MAX_NAMES`].
+    pub names_resolved: Vec<String>,
 }
+
+/// Most names listed in [`SessionReport::names_resolved`].
+pub const MAX_NAMES: usize = 100;
 
 impl SessionReport {
     pub fn lost(&self) -> u64 {
@@ -158,6 +164,18 @@ impl Store {
             }
         }
         rep.losses = self.loss_growth(first_ts, last_ts)?;
+        rep.names_resolved = self
+            .conn
+            .prepare_cached(
+                "SELECT DISTINCT e.subject FROM events e JOIN kinds k ON k.id = e.kind \
+                 WHERE e.session = ?1 AND k.name = 'dns' AND e.subject IS NOT NULL \
+                 ORDER BY e.subject LIMIT ?2",
+            )
+            .and_then(|mut st| {
+                st.query_map(rusqlite::params![sref, MAX_NAMES as i64], |r| r.get(0))?
+                    .collect()
+            })
+            .map_err(err)?;
         Ok(Some(rep))
     }
 
@@ -281,6 +299,9 @@ pub fn write_text(r: &SessionReport, out: &mut impl Write) -> std::io::Result<()
         r.denied, r.would_deny
     )?;
     writeln!(out, "  losses:      {}", loss_text(r))?;
+    if !r.names_resolved.is_empty() {
+        writeln!(out, "  names:       {}", r.names_resolved.join(", "))?;
+    }
     Ok(())
 }
 
@@ -327,6 +348,10 @@ pub fn write_markdown(r: &SessionReport, out: &mut impl Write) -> std::io::Resul
         r.would_deny
     )?;
     writeln!(out, "\nLosses: {}", loss_text(r))?;
+    if !r.names_resolved.is_empty() {
+        let names: Vec<String> = r.names_resolved.iter().map(|n| format!("`{n}`")).collect();
+        writeln!(out, "\nNames resolved: {}", names.join(", "))?;
+    }
     Ok(())
 }
 
@@ -390,6 +415,12 @@ mod tests {
         r
     }
 
+    fn dns(ts: i64, session: Option<&str>, name: &str) -> Record {
+        let mut r = ev(ts, session, "dns", None);
+        r.subject = Some(name.to_string());
+        r
+    }
+
     fn loss(ts: i64, ringbuf_full: u64, decode_errors: u64) -> Record {
         Record::new(
             T0 + ts,
@@ -430,6 +461,10 @@ mod tests {
             ev(4 * SEC, s, "net_connect", Some("denied")),
             ev(4 * SEC + 1, s, "net_connect", Some("allowed")),
             ev(4 * SEC + 2, s, "exit", Some("allowed")),
+            dns(4 * SEC + 3, s, "registry.example"),
+            dns(4 * SEC + 4, s, "api.example"),
+            dns(4 * SEC + 5, s, "registry.example"),
+            dns(4 * SEC + 6, Some("other-session"), "other.example"),
             loss(5 * SEC, 10, 1),
             // Another session's events and a later loss do not count.
             ev(5 * SEC + 1, Some("other-session"), "exec", Some("denied")),
@@ -467,8 +502,9 @@ mod tests {
         );
         assert_eq!((r.denied, r.would_deny), (2, 1));
         assert_eq!(r.by_kind.get("exit"), Some(&1));
+        assert_eq!(r.names_resolved, vec!["api.example", "registry.example"]);
         assert_eq!(r.by_kind.get("session_end"), Some(&1));
-        assert_eq!(r.by_kind.values().sum::<u64>(), 11);
+        assert_eq!(r.by_kind.values().sum::<u64>(), 14);
         // Growth between the loss record before the session and the last
         // one inside it; the later record (50) is after the session.
         assert_eq!(
@@ -524,6 +560,10 @@ mod tests {
         );
         assert!(text.contains("connections: 2 (1 denied"), "{text}");
         assert!(
+            text.contains("names:       api.example, registry.example"),
+            "{text}"
+        );
+        assert!(
             text.contains("losses:      decode_errors 1, ringbuf_full 6"),
             "{text}"
         );
@@ -531,7 +571,11 @@ mod tests {
         write_markdown(&r, &mut md).unwrap();
         let md = String::from_utf8(md).unwrap();
         assert!(md.contains("| files | 4 | 1 | 1 |"), "{md}");
-        assert!(md.contains("| all events | 11 | 2 | 1 |"), "{md}");
+        assert!(md.contains("| all events | 14 | 2 | 1 |"), "{md}");
+        assert!(
+            md.contains("Names resolved: `api.example`, `registry.example`"),
+            "{md}"
+        );
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["files_denied"], 1);
         assert_eq!(v["ended"], true);
