@@ -253,11 +253,13 @@ impl Store {
                 found: v,
                 supported: CURRENT_VERSION,
             }),
-            schema::OnDisk::Version(v) if v < CURRENT_VERSION => Err(StoreError::SchemaTooOld {
-                path,
-                found: v,
-                supported: CURRENT_VERSION,
-            }),
+            schema::OnDisk::Version(v) if v < schema::OLDEST_READABLE => {
+                Err(StoreError::SchemaTooOld {
+                    path,
+                    found: v,
+                    supported: CURRENT_VERSION,
+                })
+            }
             schema::OnDisk::Version(_) => Ok(Store {
                 conn,
                 path,
