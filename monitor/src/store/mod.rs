@@ -30,7 +30,7 @@ use std::{
 pub use error::{RecordError, StoreError};
 pub use query::{Query, Summary, TimeBound, TimeBoundError};
 use record::Field;
-pub use record::{short_session, Packed, Record, DECISIONS};
+pub use record::{short_session, Packed, Record, RecordRef, ToPacked, DECISIONS};
 pub use retention::{RetentionConfig, RetentionReport};
 use rusqlite::{
     types::{ToSqlOutput, ValueRef},
