@@ -65,6 +65,8 @@ pub struct Daemon {
     /// Every event seen so far (kept so several waits can search them).
     pub seen: Vec<Value>,
     stderr_tail: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Whether the daemon prints its records (`--stdout`) for `wait_for`.
+    stdout: bool,
 }
 
 impl Daemon {
@@ -72,6 +74,16 @@ impl Daemon {
     /// Each daemon gets its own socket, cgroup parent, store and bpffs pin
     /// directory.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with(args, true)
+    }
+
+    /// [`Daemon::start`] without `--stdout`: records go to the store only,
+    /// as a production daemon runs (benchmarks). `wait_for` cannot be used.
+    pub fn start_quiet(args: &[&str]) -> Self {
+        Self::start_with(args, false)
+    }
+
+    fn start_with(args: &[&str], stdout: bool) -> Self {
         let tag = format!("{:012x}", rand::random::<u64>() >> 16);
         let dir = std::env::temp_dir().join(format!("agentmon-test-{tag}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -85,15 +97,19 @@ impl Daemon {
             events: mpsc::channel().1,
             seen: Vec::new(),
             stderr_tail: Default::default(),
+            stdout,
         };
         d.spawn();
         d
     }
 
     fn spawn(&mut self) {
-        let mut child = Command::new(agentmon_bin())
-            .arg("daemon")
-            .arg("--stdout")
+        let mut cmd = Command::new(agentmon_bin());
+        cmd.arg("daemon");
+        if self.stdout {
+            cmd.arg("--stdout");
+        }
+        let mut child = cmd
             .arg("--socket")
             .arg(&self.socket)
             .arg("--cgroup-parent")
@@ -109,6 +125,8 @@ impl Daemon {
             .spawn()
             .expect("spawn agentmon daemon");
         let (tx, events) = mpsc::channel();
+        // Without --stdout the daemon prints nothing there; the pipe just
+        // closes when it exits.
         let stdout = child.stdout.take().unwrap();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {

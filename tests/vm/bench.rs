@@ -1,20 +1,36 @@
 //! Figures (not assertions on timings): the cost of open()+close() with
-//! BPF LSM enforcement, for a process outside every session, inside a
-//! session without a policy, and inside sessions whose policy has 0 or 64
-//! deny globs; plus the LSM program's own run time per decision from BPF
-//! run-time statistics. Runs on each VM kernel; the printed table is what
-//! README's enforcement figures come from. What it asserts is behaviour:
-//! the measured file is readable, and a denied one is denied, under each
-//! configuration.
+//! BPF LSM enforcement, for a process with no daemon running (baseline),
+//! outside every session, inside a session without a policy, and inside
+//! sessions whose policy has 0 or 64 deny globs; plus the LSM program's own
+//! run time per decision from BPF run-time statistics. Runs on each VM
+//! kernel. What it asserts is behaviour: the measured file is readable, and
+//! a denied one is denied, under the heaviest policy.
+//!
+//! Every repetition runs the baseline first, with no daemon, then starts a
+//! daemon (store on, no stdout, as `cargo xtask bench` runs it on the host)
+//! and runs the other configurations, so baseline and daemon runs alternate.
+//!
+//! Output: a table for people, and one machine-readable line per run,
+//! `agentmon-bench-vm: {json}`, which `cargo xtask bench` reads from the
+//! guest's console. Knobs: `AGENTMON_BENCH_OPENS` (pairs per run, default
+//! 100000) and `AGENTMON_BENCH_REPS` (default 3).
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{io::Write, path::Path, process::Command, time::Duration};
 
 use agentmon_tests::{marker, Daemon};
 
 use crate::{actor, require_lsm};
 
-const N: &str = "100000";
-const REPS: usize = 3;
+/// Prefix of the machine-readable lines (`xtask/src/bench/open.rs`).
+const LINE_PREFIX: &str = "agentmon-bench-vm: ";
+
+fn knob(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&v| v > 0)
+        .unwrap_or(default)
+}
 
 fn policy(dir: &Path, globs: usize) -> std::path::PathBuf {
     let mut deny: Vec<String> = vec!["\"**/.env\"".into()];
@@ -62,113 +78,137 @@ fn lsm_stats() -> (u64, u64) {
         })
 }
 
-fn median(mut v: Vec<u64>) -> u64 {
+fn median_u64(mut v: Vec<u64>) -> u64 {
     v.sort_unstable();
     v[v.len() / 2]
 }
 
+fn median_f64(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied()
+}
+
+/// The configurations, in the order each repetition runs them; the first
+/// runs without a daemon.
+const CONFIGS: [(&str, &str); 5] = [
+    ("baseline", "baseline (no daemon)"),
+    ("outside_session", "outside sessions"),
+    ("session_observe", "session, no policy"),
+    ("session_0_globs", "session, 0 deny globs"),
+    ("session_64_globs", "session, 64 deny globs"),
+];
+
 #[test]
 fn lsm_open_overhead_figures() {
     require_lsm!();
+    let n = knob("AGENTMON_BENCH_OPENS", 100_000).to_string();
+    let reps = knob("AGENTMON_BENCH_REPS", 3) as usize;
+    let kernel = std::env::var("AGENTMON_VM_KERNEL").unwrap_or_else(|_| "host".into());
     let m = marker("bench");
     let dir = std::env::temp_dir().join(format!("agentmon-{m}"));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("ok.txt");
     std::fs::write(&file, "x").unwrap();
     std::fs::write(dir.join(".env"), "S=1").unwrap();
-    let plain = || {
-        let mut c = Command::new(actor());
-        c.args(["openloop", N]).arg(&file);
-        c
-    };
-    let mut baseline = Vec::new();
-    for _ in 0..REPS {
-        baseline.push(openloop(plain()));
-    }
-    let baseline = median(baseline);
-
-    let d = Daemon::start(&[]);
-    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF run-time stats");
     let p0 = policy(&dir, 0);
     let p64 = policy(&dir, 64);
-    let in_session = |policy: Option<&Path>| {
+    let plain = || {
+        let mut c = Command::new(actor());
+        c.args(["openloop", &n]).arg(&file);
+        c
+    };
+    let in_session = |d: &Daemon, policy: Option<&Path>| {
         let mut c = d.cli();
         c.args(["run", "-q"]);
         if let Some(p) = policy {
             c.arg("--policy").arg(p).arg("--workspace").arg(&dir);
         }
-        c.arg("--").arg(actor()).args(["openloop", N]).arg(&file);
+        c.arg("--").arg(actor()).args(["openloop", &n]).arg(&file);
         c
     };
-    type MakeCmd<'a> = Box<dyn Fn() -> Command + 'a>;
-    let configs: Vec<(&str, MakeCmd)> = vec![
-        ("outside sessions", Box::new(plain)),
-        ("session, no policy", Box::new(|| in_session(None))),
-        ("session, 0 deny globs", Box::new(|| in_session(Some(&p0)))),
-        (
-            "session, 64 deny globs",
-            Box::new(|| in_session(Some(&p64))),
-        ),
-    ];
-    let mut results: Vec<(Vec<u64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); configs.len()];
-    for _ in 0..REPS {
-        for (i, (_, mk)) in configs.iter().enumerate() {
+    // Held for the whole test, so every configuration runs with the same
+    // kernel setting (two clock reads per BPF program run).
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF run-time stats");
+    let mut ns: Vec<Vec<u64>> = vec![Vec::new(); CONFIGS.len()];
+    let mut per_call: Vec<Vec<f64>> = vec![Vec::new(); CONFIGS.len()];
+    let mut emit = |i: usize, rep: usize, op_ns: u64, call_ns: Option<f64>, calls: u64| {
+        ns[i].push(op_ns);
+        per_call[i].extend(call_ns);
+        let line = serde_json::json!({
+            "kernel": kernel,
+            "config": CONFIGS[i].0,
+            "rep": rep,
+            "opens": n,
+            "ns_per_op": op_ns,
+            "lsm_ns_per_call": call_ns,
+            "lsm_calls": calls,
+        });
+        // Straight to stderr, one write per line: the harness captures
+        // print! of passing tests, and xtask reads these from the console.
+        let _ = std::io::stderr().write_all(format!("{LINE_PREFIX}{line}\n").as_bytes());
+    };
+    for rep in 0..reps {
+        emit(0, rep, openloop(plain()), None, 0);
+        let d = Daemon::start_quiet(&[]);
+        type MakeCmd<'a> = Box<dyn Fn() -> Command + 'a>;
+        let with_daemon: [MakeCmd; 4] = [
+            Box::new(plain),
+            Box::new(|| in_session(&d, None)),
+            Box::new(|| in_session(&d, Some(&p0))),
+            Box::new(|| in_session(&d, Some(&p64))),
+        ];
+        for (j, mk) in with_daemon.iter().enumerate() {
             let before = lsm_stats();
-            results[i].0.push(openloop(mk()));
+            let op_ns = openloop(mk());
             let after = lsm_stats();
             let calls = after.1.saturating_sub(before.1);
-            if calls > 0 {
-                results[i]
-                    .1
-                    .push((after.0 - before.0) as f64 / calls as f64);
-            }
+            let call_ns =
+                (calls > 0).then(|| after.0.saturating_sub(before.0) as f64 / calls as f64);
+            emit(j + 1, rep, op_ns, call_ns, calls);
+        }
+        if rep + 1 == reps {
+            // Behaviour under the heaviest policy: .env is denied.
+            let out = d
+                .cli()
+                .args(["run", "-q", "--policy"])
+                .arg(&p64)
+                .arg("--workspace")
+                .arg(&dir)
+                .args(["--", actor(), "uring-try"])
+                .arg(dir.join(".env"))
+                .output()
+                .unwrap();
+            assert!(
+                String::from_utf8_lossy(&out.stdout).contains("errno=13"),
+                "{out:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        drop(with_daemon);
+        let db = d.db.clone();
+        drop(d);
+        // The guest's /tmp is memory: do not keep each repetition's rows.
+        if let Some(parent) = db.parent() {
+            let _ = std::fs::remove_dir_all(parent);
         }
     }
-    // Behaviour under the heaviest policy: the file is readable, .env not.
-    let out = d
-        .cli()
-        .args(["run", "-q", "--policy"])
-        .arg(&p64)
-        .arg("--workspace")
-        .arg(&dir)
-        .args(["--", actor(), "uring-try"])
-        .arg(dir.join(".env"))
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("errno=13"),
-        "{out:?}"
-    );
-    std::thread::sleep(Duration::from_millis(100));
 
-    let kernel = std::env::var("AGENTMON_VM_KERNEL").unwrap_or_else(|_| "host".into());
-    // Straight to stderr: the test harness captures print! of passing
-    // tests, and these lines are the point of the test.
-    let mut table = String::new();
-    macro_rules! println {
-        ($($t:tt)*) => {{
-            table.push_str(&format!($($t)*));
-            table.push('\n');
-        }};
+    let baseline = median_u64(ns[0].clone());
+    let mut table = format!(
+        "\nopen()+close() with BPF LSM, kernel {kernel} (TCG: compare ratios, not ns)\n\
+         | configuration | ns per open+close (median of {reps}) | ratio | lsm_file_open ns per call |\n\
+         |---|---|---|---|\n"
+    );
+    for (i, (_, label)) in CONFIGS.iter().enumerate() {
+        let m = median_u64(ns[i].clone());
+        let call = median_f64(per_call[i].clone())
+            .map(|c| format!("{c:.0}"))
+            .unwrap_or_else(|| "-".into());
+        table.push_str(&format!(
+            "| {label} | {m} | {:.2} | {call} |\n",
+            m as f64 / baseline as f64
+        ));
     }
-    println!("\nopen()+close() with BPF LSM, kernel {kernel} (TCG: compare ratios, not ns)");
-    println!("| configuration | ns per open+close (median of {REPS}) | ratio | lsm_file_open ns per call |");
-    println!("|---|---|---|---|");
-    println!("| baseline (no daemon) | {baseline} | 1.00 | - |");
-    for (i, (name, _)) in configs.iter().enumerate() {
-        let ns = median(results[i].0.clone());
-        let per_call = if results[i].1.is_empty() {
-            "-".to_string()
-        } else {
-            let mut v = results[i].1.clone();
-            v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-            format!("{:.0}", v[v.len() / 2])
-        };
-        println!(
-            "| {name} | {ns} | {:.2} | {per_call} |",
-            ns as f64 / baseline as f64
-        );
-    }
-    use std::io::Write;
     let _ = std::io::stderr().write_all(table.as_bytes());
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -161,6 +161,7 @@ fn vm(bin: &std::path::Path, filter: &[String]) -> anyhow::Result<()> {
             timeout: 900,
             inject: None,
             filter: filter.to_vec(),
+            env: vec![],
         },
     )
 }

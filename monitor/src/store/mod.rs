@@ -30,7 +30,7 @@ use std::{
 pub use error::{RecordError, StoreError};
 pub use query::{Query, Summary, TimeBound, TimeBoundError};
 use record::Field;
-pub use record::{short_session, Packed, Record, DECISIONS};
+pub use record::{short_session, Packed, Record, RecordRef, ToPacked, DECISIONS};
 pub use retention::{RetentionConfig, RetentionReport};
 use rusqlite::{
     types::{ToSqlOutput, ValueRef},
@@ -253,11 +253,13 @@ impl Store {
                 found: v,
                 supported: CURRENT_VERSION,
             }),
-            schema::OnDisk::Version(v) if v < CURRENT_VERSION => Err(StoreError::SchemaTooOld {
-                path,
-                found: v,
-                supported: CURRENT_VERSION,
-            }),
+            schema::OnDisk::Version(v) if v < schema::OLDEST_READABLE => {
+                Err(StoreError::SchemaTooOld {
+                    path,
+                    found: v,
+                    supported: CURRENT_VERSION,
+                })
+            }
             schema::OnDisk::Version(_) => Ok(Store {
                 conn,
                 path,

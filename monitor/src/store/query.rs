@@ -409,6 +409,13 @@ fn scope_sql(
         if let Some(t) = until {
             cond("e.ts < ?", Some(SqlValue::Integer(t)));
         }
+        if let Some(d) = &q.decision {
+            // Redundant for the result; lets SQLite use the partial index
+            // of denials (schema version 2).
+            if d == "denied" || d == "would_deny" {
+                cond(super::schema::DENIAL_INDEX_TERM, None);
+            }
+        }
         for (col, v) in [
             ("e.decision = ?", &q.decision),
             ("e.conversation_id = ?", &q.conversation),

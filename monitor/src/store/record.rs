@@ -108,6 +108,9 @@ pub(crate) enum Field {
     Payload,
 }
 const FIELDS: usize = 10;
+/// Bytes reserved for the payload when packing: a file open's JSON is
+/// about 500 bytes; a larger one grows the buffer.
+const PAYLOAD_GUESS: usize = 640;
 
 /// A validated record with its payload serialized and every text field in
 /// one allocation: what travels through the writer's channel. Packing
@@ -127,13 +130,55 @@ pub struct Packed {
     text: String,
 }
 
+/// A record whose payload is borrowed: what a producer that still needs
+/// the payload for other sinks hands to the writer (the daemon's pipeline),
+/// instead of cloning the JSON tree into a [`Record`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordRef<'a> {
+    /// Every column; its `payload` is ignored.
+    pub columns: Record,
+    pub payload: &'a serde_json::Value,
+}
+
+/// What the writer's channel takes: anything that can be validated and
+/// packed on the producer's thread.
+pub trait ToPacked {
+    /// Validates and packs the record (see [`Packed`]).
+    fn to_packed(&self) -> Result<Packed, RecordError>;
+    /// The record's kind, for messages about it.
+    fn kind(&self) -> &str;
+}
+
+impl ToPacked for Record {
+    fn to_packed(&self) -> Result<Packed, RecordError> {
+        Packed::new(self)
+    }
+
+    fn kind(&self) -> &str {
+        &self.kind
+    }
+}
+
+impl ToPacked for RecordRef<'_> {
+    fn to_packed(&self) -> Result<Packed, RecordError> {
+        Packed::with_payload(&self.columns, self.payload)
+    }
+
+    fn kind(&self) -> &str {
+        &self.columns.kind
+    }
+}
+
 impl Packed {
     /// Validates and packs `r`.
     pub fn new(r: &Record) -> Result<Packed, RecordError> {
+        Self::with_payload(r, &r.payload)
+    }
+
+    /// Validates and packs `r` with `payload` in place of `r.payload`.
+    pub fn with_payload(r: &Record, payload: &serde_json::Value) -> Result<Packed, RecordError> {
         r.validate()?;
-        let payload =
-            serde_json::to_string(&r.payload).map_err(|e| RecordError::Payload(e.to_string()))?;
-        let fields: [Option<&str>; FIELDS] = [
+        let fields: [Option<&str>; FIELDS - 1] = [
             Some(&r.kind),
             r.session_id.as_deref(),
             r.conversation_id.as_deref(),
@@ -143,24 +188,32 @@ impl Packed {
             r.decision.as_deref(),
             r.rule.as_deref(),
             r.subject.as_deref(),
-            Some(&payload),
         ];
         let len: usize = fields.iter().flatten().map(|f| f.len()).sum();
-        if len > u32::MAX as usize {
-            return Err(RecordError::Payload(format!(
-                "record of {len} bytes is too large"
-            )));
-        }
-        let mut text = String::with_capacity(len);
+        // The payload, last, is serialized straight into the buffer (room
+        // for a typical event's JSON is reserved up front).
+        let mut buf = Vec::with_capacity(len + PAYLOAD_GUESS);
         let mut ends = [0u32; FIELDS];
         let mut present = 0u16;
         for (i, f) in fields.iter().enumerate() {
             if let Some(f) = f {
-                text.push_str(f);
+                buf.extend_from_slice(f.as_bytes());
                 present |= 1 << i;
             }
-            ends[i] = text.len() as u32;
+            ends[i] = buf.len() as u32;
         }
+        serde_json::to_writer(&mut buf, payload)
+            .map_err(|e| RecordError::Payload(e.to_string()))?;
+        present |= 1 << (FIELDS - 1);
+        if buf.len() > u32::MAX as usize {
+            return Err(RecordError::Payload(format!(
+                "record of {} bytes is too large",
+                buf.len()
+            )));
+        }
+        ends[FIELDS - 1] = buf.len() as u32;
+        // Text fields and serde_json's output are UTF-8.
+        let text = String::from_utf8(buf).map_err(|e| RecordError::Payload(e.to_string()))?;
         Ok(Packed {
             ts_unix_ns: r.ts_unix_ns,
             pid: r.pid,
@@ -248,6 +301,26 @@ mod tests {
             Packed::new(&Record::new(1, "", serde_json::Value::Null)).err(),
             Some(RecordError::EmptyKind)
         );
+    }
+
+    #[test]
+    fn a_borrowed_payload_packs_like_an_owned_one() {
+        let payload = serde_json::json!({"kind": "exec", "argv": ["a", "b"], "n": 1});
+        let mut owned = Record::new(7, "exec", payload.clone());
+        owned.session_id = Some("s".into());
+        owned.subject = Some("/bin/a".into());
+        let mut columns = owned.clone();
+        columns.payload = serde_json::Value::Null;
+        let borrowed = RecordRef {
+            columns,
+            payload: &payload,
+        };
+        let (a, b) = (owned.to_packed().unwrap(), borrowed.to_packed().unwrap());
+        assert_eq!(
+            (a.text.as_str(), a.ends, a.present),
+            (b.text.as_str(), b.ends, b.present)
+        );
+        assert_eq!(borrowed.kind(), "exec");
     }
 
     #[test]

@@ -819,6 +819,60 @@ fn older_schema_is_migrated_when_opened_for_writing() {
     s.insert_batch(&[rec(1, "exec")]).unwrap();
 }
 
+/// Version 1 differs from 2 only in its decision indexes: a version 1 file
+/// can be queried read-only as it is, and opening it for writing moves it
+/// to version 2 with the same rows and the same answers.
+#[test]
+fn version_1_is_readable_and_migrated_to_2() {
+    let dir = tmp();
+    let path = dir.path().join("events.db");
+    {
+        let mut c = rusqlite::Connection::open(&path).unwrap();
+        super::schema::migrate_up_to(&mut c, 0, 1, 0).unwrap();
+    }
+    {
+        let mut s = Store::open(&path, no_retention()).unwrap();
+        // Rows written through a version 1 layout: put the indexes back.
+        s.conn
+            .execute_batch(
+                "DROP INDEX events_decision;
+                 CREATE INDEX events_decision ON events (decision) WHERE decision IS NOT NULL;
+                 CREATE INDEX events_session_decision ON events (session, decision) WHERE decision IS NOT NULL;
+                 DELETE FROM schema_version WHERE version = 2;",
+            )
+            .unwrap();
+        s.insert_batch(&dataset()).unwrap();
+    }
+    let q = Query {
+        decision: Some("denied".into()),
+        limit: 0,
+        ..Query::default()
+    };
+    let v1 = Store::open_read_only(&path).unwrap();
+    assert_eq!(v1.schema_version().unwrap(), 1);
+    let before = v1.query_at(&q, 0).unwrap();
+    assert!(!before.is_empty());
+    drop(v1);
+    let s = Store::open(&path, no_retention()).unwrap();
+    assert_eq!(s.schema_version().unwrap(), CURRENT_VERSION);
+    assert_eq!(s.query_at(&q, 0).unwrap(), before);
+    let indexes: Vec<String> = s
+        .conn
+        .prepare(
+            "SELECT sql FROM sqlite_schema WHERE type = 'index' AND sql IS NOT NULL ORDER BY name",
+        )
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(indexes.len(), 2, "{indexes:?}");
+    assert!(
+        indexes[0].contains("IN ('denied', 'would_deny')"),
+        "{indexes:?}"
+    );
+}
+
 #[test]
 fn foreign_database_is_refused() {
     let dir = tmp();

@@ -17,7 +17,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{retention::RetentionRun, Packed, Record, RecordError, Store, StoreError};
+use super::{retention::RetentionRun, Packed, RecordError, Store, StoreError, ToPacked};
 
 /// Tuning of the writer. Defaults: 65 536 queued records, batches of up to
 /// 4 096 records, 100 ms linger.
@@ -131,12 +131,12 @@ pub struct RecordSender {
 impl RecordSender {
     /// Validates and packs `record` on the caller's thread (see [`Packed`]).
     /// A bad record is counted as `rejected` and logged at debug level.
-    fn pack(&self, record: &Record) -> Option<Packed> {
-        match Packed::new(record) {
+    fn pack(&self, record: &impl ToPacked) -> Option<Packed> {
+        match record.to_packed() {
             Ok(p) => Some(p),
             Err(e) => {
                 self.stats.rejected.fetch_add(1, Relaxed);
-                log::debug!("event store: rejected a {:?} record: {e}", record.kind);
+                log::debug!("event store: rejected a {:?} record: {e}", record.kind());
                 None
             }
         }
@@ -147,7 +147,7 @@ impl RecordSender {
     /// or the writer has stopped (`dropped_closed`). The caller's thread
     /// pays for validating the record and serializing its payload (about a
     /// microsecond for a 300-byte payload).
-    pub fn try_send(&self, record: Record) -> bool {
+    pub fn try_send(&self, record: impl ToPacked) -> bool {
         let Some(packed) = self.pack(&record) else {
             return false;
         };
@@ -169,7 +169,7 @@ impl RecordSender {
     /// back-pressure to loss (imports, benchmarks); the daemon's pipeline
     /// uses [`RecordSender::try_send`].
     /// A bad record is counted as `rejected` and is not an error.
-    pub fn send_blocking(&self, record: Record) -> Result<(), StoreError> {
+    pub fn send_blocking(&self, record: impl ToPacked) -> Result<(), StoreError> {
         let Some(packed) = self.pack(&record) else {
             return Ok(());
         };
@@ -233,7 +233,7 @@ impl StoreWriter {
     }
 
     /// See [`RecordSender::try_send`].
-    pub fn try_send(&self, record: Record) -> bool {
+    pub fn try_send(&self, record: impl ToPacked) -> bool {
         self.sender.try_send(record)
     }
 
@@ -272,6 +272,10 @@ impl Drop for StoreWriter {
         }
     }
 }
+
+/// While a batch is open and the channel is empty, the writer looks again
+/// this often (at most `linger` after the batch's first record).
+const FILL_POLL: Duration = Duration::from_millis(5);
 
 struct Worker {
     store: Store,
@@ -338,14 +342,13 @@ impl Worker {
                             if now >= deadline {
                                 break;
                             }
-                            match rx.recv_timeout(deadline - now) {
-                                Ok(m) => m,
-                                Err(RecvTimeoutError::Timeout) => break,
-                                Err(RecvTimeoutError::Disconnected) => {
-                                    open = false;
-                                    break;
-                                }
-                            }
+                            // Sleep instead of blocking on the channel:
+                            // a blocked receiver is woken by every send,
+                            // which cost a futex wake and two context
+                            // switches per event; the batch waits for its
+                            // commit anyway.
+                            std::thread::sleep(FILL_POLL.min(deadline - now));
+                            continue;
                         }
                     };
                     open = self.take(m);

@@ -11,7 +11,9 @@
 //! `actor openloop N PATH` — N open+close pairs; prints mean ns per pair.
 //! `actor openrate RATE SECS PATH` — open+close pairs paced at RATE per
 //! second (0: as fast as possible) for SECS; prints `pairs elapsed_ns`.
-//! `actor execrate RATE SECS PROG [ARGS]` — fork+exec PROG at RATE per second.
+//! `actor execrate RATE SECS PROG [ARGS]` — fork+exec PROG at RATE per second
+//! for SECS seconds, from several threads sharing one schedule; prints how
+//! many were spawned.
 //! `actor timeit N PREP CMD [ARGS]` — runs the shell command PREP (untimed,
 //! skipped when empty), then CMD, N times; prints the median ns of CMD.
 //!
@@ -56,6 +58,61 @@ fn try_open(path: &str) -> i32 {
         libc::close(fd);
     }
     0
+}
+
+/// Generator threads of `execrate`.
+const EXEC_THREADS: u64 = 4;
+
+/// Spawns `prog args` at `rate` per second for `secs` seconds; returns how
+/// many were spawned. Spawn k is due at `k / rate` seconds after the start;
+/// each of [`EXEC_THREADS`] threads claims the next due spawn, sleeps until
+/// its time and spawns it without waiting for it (its finished children are
+/// reaped as it goes), so the rate does not depend on how long one exec
+/// takes. Spawns that fall behind are made as soon as a thread is free;
+/// none is made after `secs`.
+fn execrate(rate: u64, secs: u64, prog: &str, args: &[String]) -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let rate = rate.max(1);
+    let start = std::time::Instant::now();
+    let end = start + std::time::Duration::from_secs(secs);
+    let next = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..EXEC_THREADS)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut made = 0u64;
+                    let mut running: Vec<std::process::Child> = Vec::new();
+                    loop {
+                        let k = next.fetch_add(1, Ordering::Relaxed);
+                        let due = start
+                            + std::time::Duration::from_nanos(
+                                (k as u128 * 1_000_000_000 / rate as u128) as u64,
+                            );
+                        if due >= end {
+                            break;
+                        }
+                        let now = std::time::Instant::now();
+                        if due > now {
+                            std::thread::sleep(due - now);
+                        }
+                        if std::time::Instant::now() >= end {
+                            break;
+                        }
+                        let mut c = Command::new(prog);
+                        c.args(args).stdout(std::process::Stdio::null());
+                        running.push(c.spawn().expect("spawn"));
+                        running.retain_mut(|ch| ch.try_wait().ok().flatten().is_none());
+                        made += 1;
+                    }
+                    for mut ch in running {
+                        ch.wait().expect("wait");
+                    }
+                    made
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().expect("worker")).sum()
+    })
 }
 
 fn report(errno: i32) {
@@ -190,31 +247,12 @@ fn main() {
             println!("{}", times[times.len() / 2]);
         }
         Some("execrate") => {
-            // Fork+exec PROG at RATE per second for SECS seconds (paced).
+            // Fork+exec PROG at RATE per second for SECS seconds (paced),
+            // from several threads sharing one schedule: one thread cannot
+            // spawn faster than one exec takes to start.
             let rate: u64 = args[2].parse().unwrap();
             let secs: u64 = args[3].parse().unwrap();
-            let interval = std::time::Duration::from_nanos(1_000_000_000 / rate.max(1));
-            let start = std::time::Instant::now();
-            let mut next = start;
-            let mut n = 0u64;
-            let mut running: Vec<std::process::Child> = Vec::new();
-            while start.elapsed().as_secs() < secs {
-                let mut c = Command::new(&args[4]);
-                c.args(&args[5..]).stdout(std::process::Stdio::null());
-                // Not waited for here: the rate must not depend on how long
-                // one exec takes. Finished children are reaped as we go.
-                running.push(c.spawn().expect("spawn"));
-                running.retain_mut(|ch| ch.try_wait().ok().flatten().is_none());
-                n += 1;
-                next += interval;
-                let now = std::time::Instant::now();
-                if next > now {
-                    std::thread::sleep(next - now);
-                }
-            }
-            for mut ch in running {
-                ch.wait().expect("wait");
-            }
+            let n = execrate(rate, secs, &args[4], &args[5..]);
             println!("{n}");
         }
         Some("exec") => {

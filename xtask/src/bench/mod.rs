@@ -56,6 +56,15 @@ pub struct BenchArgs {
     /// workload, rss. Default: all.
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<String>,
+    /// Skip the open section's BPF LSM rows, which boot a QEMU guest.
+    #[arg(long)]
+    no_vm: bool,
+    /// Kernel of the QEMU guest for the BPF LSM rows (tests/kernels.toml).
+    #[arg(long, default_value = "6.12")]
+    vm_kernel: String,
+    /// open()+close() pairs per run in the guest (emulated: keep it modest).
+    #[arg(long)]
+    vm_opens: Option<u64>,
 }
 
 pub const SECTIONS: [&str; 5] = ["open", "storm", "throughput", "workload", "rss"];
@@ -75,6 +84,15 @@ pub struct Ctx {
     pub workload_runs: usize,
     /// Daemon RSS samples (label, kB) for the rss section.
     pub rss: std::cell::RefCell<Vec<(String, u64)>>,
+    /// The VM guest for the BPF LSM rows, or why they are skipped.
+    pub vm: Result<VmBench, String>,
+}
+
+pub struct VmBench {
+    /// A kernel name from tests/kernels.toml.
+    pub kernel: String,
+    /// open()+close() pairs per run in the guest.
+    pub opens: u64,
 }
 
 impl Ctx {
@@ -157,6 +175,27 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         package: false,
     })?;
     let bin = build::all(true)?;
+    let vm = if args.no_vm {
+        Err("--no-vm".to_string())
+    } else if !wants("open") {
+        Err("open section not selected".to_string())
+    } else {
+        // QEMU, cpio and the guest /init's target; a failure here skips
+        // the VM rows instead of the whole benchmark.
+        setup::run(setup::Needs {
+            vm: true,
+            e2e: false,
+            bench: false,
+            package: false,
+        })
+        .map(|()| VmBench {
+            kernel: args.vm_kernel.clone(),
+            opens: args
+                .vm_opens
+                .unwrap_or(if args.quick { 20_000 } else { 100_000 }),
+        })
+        .map_err(|e| format!("VM tools could not be set up: {e:#}"))
+    };
     let step = Step::new("build bench helper");
     sh(clean_cargo(None).current_dir(root()).args([
         "build",
@@ -179,6 +218,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         throughput_secs: args.throughput_secs.unwrap_or(if q { 2 } else { 5 }),
         workload_runs: if q { 3 } else { 5 },
         rss: Default::default(),
+        vm,
     };
     std::fs::create_dir_all(&ctx.dir)?;
     let started = machine();

@@ -1,12 +1,19 @@
 //! open()+close() microbenchmark under each scenario.
 //!
-//! To add a scenario (for example the VM's BPF LSM figures), add an entry
-//! to [`scenarios`]: a label, where it runs, and a `start` function that
-//! sets up its environment and returns a [`Harness`], or a skip reason.
-//! The runner alternates every scenario within each repetition and takes
-//! medians.
+//! To add a host scenario, add an entry to [`scenarios`]: a label and a
+//! `start` function that sets up its environment and returns a
+//! [`Harness`], or a skip reason. The runner alternates every host scenario
+//! within each repetition and takes medians.
+//!
+//! The BPF LSM scenarios (deny globs, enforced) need a kernel with BPF LSM,
+//! which this host refuses: they run in one QEMU guest (Debian 6.12 by
+//! default) through the VM tier's test `bench::lsm_open_overhead_figures`
+//! (tests/vm/bench.rs), which alternates its own baseline (no daemon) with
+//! the daemon's configurations and prints one `agentmon-bench-vm: {json}`
+//! line per run. Those rows are marked with the VM and their ratios are to
+//! the VM's baseline.
 
-use std::{process::Command, time::Duration};
+use std::{collections::BTreeMap, process::Command, time::Duration};
 
 use serde_json::json;
 
@@ -17,14 +24,13 @@ use super::{
     Ctx, Table,
 };
 
-/// Where a scenario's figures come from.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+/// Where a scenario runs.
+#[derive(Clone, Copy)]
 pub enum Place {
-    /// This machine.
-    Host,
-    /// The VM tier (BPF LSM kernels); its rows are marked as such.
-    #[allow(dead_code)]
-    Vm,
+    /// This machine: `start` sets it up for one run.
+    Host(fn(&Ctx, &OpenInput) -> Started),
+    /// The VM guest, as the configuration of this id of the VM test.
+    Vm(&'static str),
 }
 
 /// The environment one measurement runs in; dropping it tears it down.
@@ -44,7 +50,6 @@ pub struct Scenario {
     pub id: &'static str,
     pub label: &'static str,
     pub place: Place,
-    pub start: fn(&Ctx, &OpenInput) -> Started,
 }
 
 /// What the scenarios need to know about the measured loop.
@@ -52,42 +57,42 @@ pub struct OpenInput {
     pub file: String,
 }
 
+/// Prefix of the VM test's machine-readable lines (tests/vm/bench.rs).
+const VM_LINE_PREFIX: &str = "agentmon-bench-vm: ";
+/// The VM test that measures the [`Place::Vm`] scenarios.
+const VM_TEST: &str = "bench::lsm_open_overhead_figures";
+
 pub fn scenarios() -> Vec<Scenario> {
     vec![
         Scenario {
             id: "baseline",
             label: "baseline (nothing running)",
-            place: Place::Host,
-            start: |_, _| Ok(Ok(Box::new(Plain))),
+            place: Place::Host(|_, _| Ok(Ok(Box::new(Plain)))),
         },
         Scenario {
             id: "outside_session",
             label: "agentmon running, process outside sessions",
-            place: Place::Host,
-            start: |ctx, _| Ok(Ok(Box::new(Outside(daemon(ctx, "")?)))),
+            place: Place::Host(|ctx, _| Ok(Ok(Box::new(Outside(daemon(ctx, "")?))))),
         },
         Scenario {
             id: "session_observe",
             label: "inside a session, observe-only",
-            place: Place::Host,
-            start: |ctx, _| {
+            place: Place::Host(|ctx, _| {
                 Ok(Ok(Box::new(Inside {
                     d: daemon(ctx, "")?,
                     policy: None,
                 })))
-            },
+            }),
         },
         Scenario {
             id: "session_64_globs",
             label: "inside a session, 64 deny globs (audit)",
-            place: Place::Host,
-            start: session_64_globs,
+            place: Place::Host(session_64_globs),
         },
         Scenario {
             id: "auditd",
             label: "auditd, watch rule on the file",
-            place: Place::Host,
-            start: |_, input| {
+            place: Place::Host(|_, input| {
                 if let Some(why) = procs::auditd_unavailable() {
                     return Ok(Err(why));
                 }
@@ -100,16 +105,40 @@ pub fn scenarios() -> Vec<Scenario> {
                     "agentmon-bench".into(),
                 ]])?;
                 Ok(Ok(Box::new(AuditdHarness(a))))
-            },
+            }),
         },
         Scenario {
             id: "bpftrace",
             label: "bpftrace, openat tracepoints, pid filter, path printed",
-            place: Place::Host,
-            start: |_, _| match procs::bpftrace_unavailable() {
+            place: Place::Host(|_, _| match procs::bpftrace_unavailable() {
                 Some(why) => Ok(Err(why)),
                 None => Ok(Ok(Box::new(Bpftrace))),
-            },
+            }),
+        },
+        Scenario {
+            id: "vm_baseline",
+            label: "baseline (no daemon)",
+            place: Place::Vm("baseline"),
+        },
+        Scenario {
+            id: "vm_outside_session",
+            label: "agentmon running, process outside sessions",
+            place: Place::Vm("outside_session"),
+        },
+        Scenario {
+            id: "vm_session_observe",
+            label: "inside a session, observe-only",
+            place: Place::Vm("session_observe"),
+        },
+        Scenario {
+            id: "vm_session_0_globs",
+            label: "inside a session, 0 deny globs (enforce)",
+            place: Place::Vm("session_0_globs"),
+        },
+        Scenario {
+            id: "vm_session_64_globs",
+            label: "inside a session, 64 deny globs (enforce)",
+            place: Place::Vm("session_64_globs"),
         },
     ]
 }
@@ -205,7 +234,7 @@ fn session_64_globs(ctx: &Ctx, _: &OpenInput) -> Started {
         .unwrap_or_default();
     if lsm["loaded"] != true {
         return Ok(Err(format!(
-            "BPF LSM refused on this kernel ({}); deny globs are enforced by the LSM program, measured in the VM tier",
+            "BPF LSM refused on this kernel ({}); deny globs are enforced by the LSM program: see the VM rows",
             lsm["error"].as_str().unwrap_or("not loaded")
         )));
     }
@@ -229,6 +258,66 @@ fn session_64_globs(ctx: &Ctx, _: &OpenInput) -> Started {
     })))
 }
 
+/// Samples of one VM configuration.
+#[derive(Default)]
+struct VmSamples {
+    ns_per_op: Vec<f64>,
+    lsm_ns_per_call: Vec<f64>,
+}
+
+/// What one guest run measured: where it ran, and samples by VM config id.
+struct VmRun {
+    label: String,
+    opens: u64,
+    by_config: BTreeMap<String, VmSamples>,
+}
+
+/// Boots the VM and runs the VM test's LSM figures; `Err` is the reason
+/// the VM rows are skipped.
+fn vm_run(ctx: &Ctx) -> Result<VmRun, String> {
+    let vm = ctx.vm.as_ref().map_err(Clone::clone)?;
+    let args = crate::vm::VmArgs {
+        kernel: vm.kernel.clone(),
+        timeout: 3600,
+        inject: None,
+        filter: vec![VM_TEST.into(), "--exact".into()],
+        env: vec![
+            format!("AGENTMON_BENCH_OPENS={}", vm.opens),
+            format!("AGENTMON_BENCH_REPS={}", ctx.reps),
+        ],
+    };
+    let (console, accel) =
+        crate::vm::run_for_bench(&ctx.bin, &args).map_err(|e| format!("VM run failed: {e:#}"))?;
+    let mut by_config: BTreeMap<String, VmSamples> = BTreeMap::new();
+    for line in console.lines() {
+        let Some(at) = line.find(VM_LINE_PREFIX) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line[at + VM_LINE_PREFIX.len()..])
+        else {
+            eprintln!("    vm: unreadable figures line: {line}");
+            continue;
+        };
+        let Some(config) = v["config"].as_str() else {
+            continue;
+        };
+        let e = by_config.entry(config.to_string()).or_default();
+        e.ns_per_op.extend(v["ns_per_op"].as_f64());
+        e.lsm_ns_per_call.extend(v["lsm_ns_per_call"].as_f64());
+    }
+    if by_config.is_empty() {
+        return Err(format!(
+            "the VM test printed no `{VM_LINE_PREFIX}` lines (console: target/vm/runs/{}/console.log)",
+            vm.kernel
+        ));
+    }
+    Ok(VmRun {
+        label: format!("VM {} ({accel})", vm.kernel),
+        opens: vm.opens,
+        by_config,
+    })
+}
+
 pub fn run(ctx: &Ctx) -> anyhow::Result<Table> {
     let file = super::open_target(ctx)?;
     let input = OpenInput {
@@ -247,10 +336,13 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Table> {
     let mut skip: Vec<Option<String>> = vec![None; scen.len()];
     for rep in 0..ctx.reps {
         for (i, s) in scen.iter().enumerate() {
-            if skip[i].is_some() || s.place != Place::Host {
+            let Place::Host(start) = s.place else {
+                continue;
+            };
+            if skip[i].is_some() {
                 continue;
             }
-            let h = match (s.start)(ctx, &input) {
+            let h = match start(ctx, &input) {
                 Ok(Ok(h)) => h,
                 Ok(Err(why)) => {
                     eprintln!("    {}: skipped: {why}", s.id);
@@ -289,38 +381,96 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Table> {
         }
     }
     step.done();
+    let vm = if scen.iter().any(|s| matches!(s.place, Place::Vm(_))) {
+        let step = crate::util::Step::new(format!(
+            "open+close in the VM (BPF LSM), x{} reps (load {})",
+            ctx.reps,
+            super::loadavg()
+        ));
+        let r = vm_run(ctx);
+        if let Err(why) = &r {
+            eprintln!("    vm rows skipped: {why}");
+        }
+        step.done();
+        r
+    } else {
+        Err("no VM scenario".into())
+    };
     let mut t = Table::new(
         "open_close",
         format!(
-            "open()+close() of one file, {} pairs per run, median of {} runs",
-            ctx.opens, ctx.reps
+            "open()+close() of one file, median of {} runs; host: {} pairs per run{}",
+            ctx.reps,
+            ctx.opens,
+            match &vm {
+                Ok(v) => format!(", {}: {} pairs per run", v.label, v.opens),
+                Err(_) => String::new(),
+            }
         ),
         &[
+            ("where", "where"),
             ("scenario", "scenario"),
             ("ns_per_op", "ns/op"),
             ("ratio", "ratio to baseline"),
             ("overhead_pct", "overhead %"),
+            ("lsm_ns_per_call", "lsm_file_open ns/call"),
             ("note", "note"),
         ],
     );
     let base = median(&samples[0]);
+    let vm_base = vm.as_ref().ok().and_then(|v| {
+        v.by_config
+            .get("baseline")
+            .and_then(|s| median(&s.ns_per_op))
+    });
     for (i, s) in scen.iter().enumerate() {
-        let label = match s.place {
-            Place::Host => s.label.to_string(),
-            Place::Vm => format!("{} (VM)", s.label),
+        let (place, m, per_call, runs, base) = match s.place {
+            Place::Host(_) => {
+                if let Some(why) = &skip[i] {
+                    t.skipped(&["host", s.label], why);
+                    continue;
+                }
+                (
+                    "host".to_string(),
+                    median(&samples[i]),
+                    None,
+                    samples[i].len(),
+                    base,
+                )
+            }
+            Place::Vm(config) => {
+                let v = match &vm {
+                    Ok(v) => v,
+                    Err(why) => {
+                        t.skipped(&["VM", s.label], why);
+                        continue;
+                    }
+                };
+                let Some(x) = v.by_config.get(config) else {
+                    t.skipped(
+                        &[&v.label, s.label],
+                        "the VM test printed no figures for it",
+                    );
+                    continue;
+                };
+                (
+                    v.label.clone(),
+                    median(&x.ns_per_op),
+                    median(&x.lsm_ns_per_call),
+                    x.ns_per_op.len(),
+                    vm_base,
+                )
+            }
         };
-        if let Some(why) = &skip[i] {
-            t.skipped(&label, why);
-            continue;
-        }
-        let m = median(&samples[i]);
         let ratio = m.zip(base).map(|(m, b)| m / b);
         t.row(vec![
-            json!(label),
+            json!(place),
+            json!(s.label),
             num(m),
             num(ratio),
             num(ratio.map(|r| (r - 1.0) * 100.0)),
-            json!(format!("runs: {}", samples[i].len())),
+            num(per_call),
+            json!(format!("runs: {runs}")),
         ]);
     }
     t.notes.push(
@@ -328,5 +478,16 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Table> {
          sys_enter/sys_exit_openat for the child's pid, printing pid, path and result to /dev/null."
             .into(),
     );
+    if let Ok(v) = &vm {
+        t.notes.push(format!(
+            "{}: the VM tier's test `{VM_TEST}` in one guest (Debian kernel with BPF LSM, 2 vCPUs); \
+             its ratios are to the VM's own baseline (no daemon), which alternates with the \
+             daemon's configurations in every repetition. Deny globs are `deny_read` in enforce \
+             mode, checked by the `lsm_file_open` program; its ns/call is its run time per call \
+             from BPF run-time statistics (on for every VM configuration). Under TCG the guest \
+             is emulated: compare ratios, not ns.",
+            v.label
+        ));
+    }
     Ok(t)
 }

@@ -97,7 +97,7 @@ impl Drop for BpfStats {
     }
 }
 
-fn cgroup2() -> anyhow::Result<PathBuf> {
+pub fn cgroup2() -> anyhow::Result<PathBuf> {
     let text = std::fs::read_to_string("/proc/self/mountinfo")?;
     text.lines()
         .find_map(|l| {
@@ -106,6 +106,51 @@ fn cgroup2() -> anyhow::Result<PathBuf> {
                 .then(|| pre.split_whitespace().nth(4).map(PathBuf::from))?
         })
         .context("no cgroup2 mount")
+}
+
+/// A fresh cgroup v2 directory at the depth of a daemon's session cgroups
+/// (`<cgroup2>/<parent>/<child>`), for baseline runs: the baseline then
+/// pays for a new cgroup exactly as a session does. Removed on drop (the
+/// command that ran in it must have exited).
+pub struct FreshCgroup {
+    parent: PathBuf,
+    dir: PathBuf,
+}
+
+impl FreshCgroup {
+    pub fn new(name: &str) -> anyhow::Result<Self> {
+        let parent = cgroup2()?.join(format!(
+            "agentmon-bench-base-{:x}-{:08x}",
+            std::process::id(),
+            rand_u32()
+        ));
+        let dir = parent.join(name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Self { parent, dir })
+    }
+
+    /// `argv` run inside this cgroup: a shell moves itself into it, then
+    /// execs the command (so the command and all its children are inside
+    /// from their first instruction, as in `agentmon run`).
+    pub fn command(&self, argv: &[&str]) -> Command {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg("echo $$ > \"$0\" && exec \"$@\"")
+            .arg(self.dir.join("cgroup.procs"))
+            .args(argv);
+        c
+    }
+}
+
+impl Drop for FreshCgroup {
+    fn drop(&mut self) {
+        // rmdir fails with EBUSY until the last task has been released.
+        let t = Instant::now();
+        while std::fs::remove_dir(&self.dir).is_err() && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = std::fs::remove_dir(&self.parent);
+    }
 }
 
 /// Sends SIGTERM, waits up to `grace`, then SIGKILL.

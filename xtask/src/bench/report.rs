@@ -33,10 +33,10 @@ impl Table {
         self.rows.push(cells);
     }
 
-    /// A row whose measurements are missing, with the reason in the last
-    /// column (which must be the note column).
-    pub fn skipped(&mut self, label: &str, reason: &str) {
-        let mut cells = vec![json!(label)];
+    /// A row whose measurements are missing: its leading (label) cells,
+    /// and the reason in the last column (which must be the note column).
+    pub fn skipped(&mut self, lead: &[&str], reason: &str) {
+        let mut cells: Vec<Value> = lead.iter().map(|l| json!(l)).collect();
         cells.resize(self.columns.len() - 1, Value::Null);
         cells.push(json!(format!("skipped: {reason}")));
         self.rows.push(cells);

@@ -192,7 +192,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Table> {
     for ((name, rate), v, err) in &samples {
         let label = format!("{name} {rate}/s");
         if let Some(e) = err {
-            t.skipped(&label, e);
+            t.skipped(&[&label], e);
             continue;
         }
         let m = |f: fn(&Sample) -> f64| median(&v.iter().map(f).collect::<Vec<_>>());
@@ -220,7 +220,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Table> {
     }
     if let Some(why) = audit_skip {
         for rate in RATES {
-            t.skipped(&format!("auditd {rate}/s"), &why);
+            t.skipped(&[&format!("auditd {rate}/s")], &why);
         }
     }
     t.notes.push(

@@ -1,8 +1,12 @@
 //! Real workloads inside a session: `git status` and `git log` on a large
 //! generated repository, and a clean `cargo build` of a small generated
-//! crate. Baseline (no daemon) and in-session runs alternate; each run is
-//! `actor timeit N PREP CMD` (the median of N timed runs, PREP untimed),
-//! so the session's own set-up is not part of the command's time.
+//! crate. Baseline (no daemon) and in-session runs alternate for each
+//! workload, in ABBA order over repetitions (baseline first in even
+//! repetitions, second in odd ones), so slow drifts of a shared machine
+//! fall on both arms. Each run is `actor timeit N PREP CMD` (the median of
+//! N timed runs, PREP untimed), so the session's own set-up is not part of
+//! the command's time. The baseline runs in a fresh cgroup at the depth of
+//! a session's cgroup, so both arms pay the same cgroup costs.
 
 use std::{process::Command, time::Duration};
 
@@ -11,7 +15,7 @@ use serde_json::json;
 
 use super::{
     first_number,
-    procs::{self, Daemon, DaemonOpts},
+    procs::{self, Daemon, DaemonOpts, FreshCgroup},
     report::{median, num},
     Ctx, Table,
 };
@@ -136,17 +140,21 @@ fn strs(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
-fn timeit(ctx: &Ctx, w: &Work, d: Option<&Daemon>) -> anyhow::Result<f64> {
+/// Where a timed run happens.
+enum Arm<'a> {
+    /// No daemon; a fresh cgroup of the session's depth.
+    Baseline(&'a FreshCgroup),
+    /// `agentmon run` against this daemon: a new session.
+    Session(&'a Daemon),
+}
+
+fn timeit(ctx: &Ctx, w: &Work, arm: Arm) -> anyhow::Result<f64> {
     let n = ctx.workload_runs.to_string();
     let mut argv = vec![ctx.actor(), "timeit", &n, &w.prep];
     argv.extend(w.cmd.iter().map(String::as_str));
-    let mut cmd = match d {
-        Some(d) => d.run(&argv),
-        None => {
-            let mut c = Command::new(argv[0]);
-            c.args(&argv[1..]);
-            c
-        }
+    let mut cmd = match arm {
+        Arm::Session(d) => d.run(&argv),
+        Arm::Baseline(cg) => cg.command(&argv),
     };
     cmd.current_dir(&w.dir);
     for v in [
@@ -193,10 +201,10 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Table> {
     ];
     // Warm the page cache and git's index once.
     for w in &works {
-        let _ = timeit(ctx, w, None);
+        let _ = timeit(ctx, w, Arm::Baseline(&FreshCgroup::new("warm")?));
     }
     let step = crate::util::Step::new(format!(
-        "workloads x{} reps, {} timed runs each (load {})",
+        "workloads x{} reps, {} timed runs each, baseline and session alternating (load {})",
         ctx.reps,
         ctx.workload_runs,
         super::loadavg()
@@ -206,25 +214,36 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Table> {
     let mut session_ms = vec![];
     for rep in 0..ctx.reps {
         for (i, w) in works.iter().enumerate() {
-            base[i].push(timeit(ctx, w, None)?);
+            let arms = if rep % 2 == 0 {
+                [false, true]
+            } else {
+                [true, false]
+            };
+            for in_session in arms {
+                if in_session {
+                    let d = Daemon::start(
+                        &ctx.bin,
+                        DaemonOpts {
+                            store: true,
+                            ..Default::default()
+                        },
+                    )?;
+                    if i == 0 {
+                        // What `agentmon run` itself costs: a session
+                        // around /bin/true.
+                        let t = std::time::Instant::now();
+                        let st = d.run(&["/bin/true"]).status()?;
+                        anyhow::ensure!(st.success(), "agentmon run -- /bin/true: {st}");
+                        session_ms.push(t.elapsed().as_secs_f64() * 1e3);
+                    }
+                    inside[i].push(timeit(ctx, w, Arm::Session(&d))?);
+                    ctx.note_rss("after workloads", procs::rss_kb(d.pid()));
+                } else {
+                    let cg = FreshCgroup::new("baseline")?;
+                    base[i].push(timeit(ctx, w, Arm::Baseline(&cg))?);
+                }
+            }
         }
-        let d = Daemon::start(
-            &ctx.bin,
-            DaemonOpts {
-                store: true,
-                ..Default::default()
-            },
-        )?;
-        // What `agentmon run` itself costs: a session around /bin/true.
-        let t = std::time::Instant::now();
-        let st = d.run(&["/bin/true"]).status()?;
-        anyhow::ensure!(st.success(), "agentmon run -- /bin/true: {st}");
-        session_ms.push(t.elapsed().as_secs_f64() * 1e3);
-        for (i, w) in works.iter().enumerate() {
-            inside[i].push(timeit(ctx, w, Some(&d))?);
-        }
-        ctx.note_rss("after workloads", procs::rss_kb(d.pid()));
-        drop(d);
         eprintln!(
             "    rep {rep}: {}",
             works
@@ -239,7 +258,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Table> {
     let mut t = Table::new(
         "workloads",
         format!(
-            "Real workloads: median wall time over {} alternating reps (each the median of {} runs)",
+            "Real workloads: median wall time over {} reps, baseline and session alternating (each the median of {} runs)",
             ctx.reps, ctx.workload_runs
         ),
         &[
@@ -263,6 +282,12 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Table> {
             json!(""),
         ]);
     }
+    t.notes.push(
+        "Baseline: no daemon, the command in a fresh cgroup v2 directory two levels below the \
+         cgroup2 root, as a session's; session: a new daemon (store on) per run, `agentmon run`. \
+         Order per repetition: ABBA."
+            .into(),
+    );
     t.notes.push(format!(
         "Session set-up itself (`agentmon run -- /bin/true`, wall): median {:.1} ms; not included above.",
         median(&session_ms).unwrap_or(0.0)

@@ -39,6 +39,10 @@ pub struct VmArgs {
     /// Passed to the guest's test binary (name filter, harness flags).
     #[arg(last = true)]
     pub filter: Vec<String>,
+    /// Extra `NAME=VALUE` environment for the guest's test binary (set by
+    /// `cargo xtask bench`, not a command-line option).
+    #[arg(skip)]
+    pub env: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -127,6 +131,51 @@ pub fn run_built(agentmon: &Path, args: &VmArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One guest run for `cargo xtask bench`: boots kernel `args.kernel` (one
+/// name) with agentmon already built, runs the `vm` test binary with
+/// `args.filter` and `args.env`, and returns the console log and how the
+/// guest was run (`KVM` or `TCG`). A failed run is an error.
+pub fn run_for_bench(agentmon: &Path, args: &VmArgs) -> anyhow::Result<(String, &'static str)> {
+    let mut list = kernels::read_list()?;
+    let name = args.kernel.clone();
+    if !list.iter().any(|k| k.name == name) {
+        bail!("unknown kernel {name:?} (tests/kernels.toml)");
+    }
+    let step = Step::new(format!("vm: fetch kernel {name}"));
+    let cached = kernels::prepare(&mut list, std::slice::from_ref(&name))?;
+    kernels::write_list(&list)?;
+    step.done();
+    let step = Step::new("vm: build guest /init and the vm test binary");
+    let init = build_init()?;
+    let test_bin = build_test_binary()?;
+    step.done();
+    let runs = kernels::vm_dir().join("runs");
+    fs::create_dir_all(&runs)?;
+    let mut ctx = RunCtx {
+        init,
+        test_bin,
+        agentmon: agentmon.to_path_buf(),
+        args: args.clone(),
+        runs,
+        kvm_ok: None,
+    };
+    let k = cached.first().context("kernel not prepared")?;
+    let step = Step::new(format!("vm: kernel {name} ({} {})", k.package, k.version));
+    let r = ctx.run_one(&name, k);
+    step.done();
+    r?;
+    let log = ctx.runs.join(&name).join("console.log");
+    let text = fs::read_to_string(&log).with_context(|| format!("reading {}", log.display()))?;
+    Ok((
+        text,
+        if ctx.kvm_ok == Some(true) {
+            "KVM"
+        } else {
+            "TCG"
+        },
+    ))
+}
+
 /// What every guest run shares.
 struct RunCtx {
     init: PathBuf,
@@ -145,7 +194,13 @@ impl RunCtx {
         let dir = self.runs.join(name);
         fs::create_dir_all(&dir)?;
         let initrd = dir.join("initrd.cpio");
-        let run_spec = run_spec(name, &self.test_bin, &self.agentmon, &args.filter)?;
+        let run_spec = run_spec(
+            name,
+            &self.test_bin,
+            &self.agentmon,
+            &args.filter,
+            &args.env,
+        )?;
         let image = initramfs(k, &self.init, &run_spec)?;
         fs::write(&initrd, &image).with_context(|| format!("writing {}", initrd.display()))?;
         let mut cmdline = vec![
@@ -184,6 +239,7 @@ fn run_spec(
     test_bin: &Path,
     agentmon: &Path,
     filter: &[String],
+    env: &[String],
 ) -> anyhow::Result<String> {
     let mut lines = vec![
         "chroot=/host".to_string(),
@@ -205,6 +261,7 @@ fn run_spec(
     if let Ok(v) = std::env::var("RUST_LOG") {
         lines.push(format!("env=RUST_LOG={v}"));
     }
+    lines.extend(env.iter().map(|e| format!("env={e}")));
     lines.extend(filter.iter().map(|f| format!("arg={f}")));
     if let Some(bad) = lines.iter().find(|l| l.contains('\n')) {
         bail!("guest command line contains a newline: {bad:?}");
