@@ -245,6 +245,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         dns_min_ttl_secs: opts.config.enforcement.dns_min_ttl_secs,
         ..opts.load.clone()
     };
+    let _pin_lock = loader::lock_pin_dir(&pin_dir)?;
     let mut ebpf = loader::load(&layout, &load).context("loading eBPF object")?;
     let pin = Some(pin_dir.as_path());
     let tp = loader::attach_observers(&mut ebpf, pin);

@@ -257,3 +257,58 @@ fn unprivileged_callers_are_refused_and_cannot_leave() {
     );
     d.wait_session_end(&m, Duration::from_secs(30));
 }
+
+#[test]
+fn a_second_daemon_on_the_same_pins_refuses_and_the_first_keeps_working() {
+    require_root!();
+    let mut d = Daemon::start(&[]);
+    let other = std::env::temp_dir().join(format!("{}-second", marker("agentmon-pinlock")));
+    std::fs::create_dir_all(&other).unwrap();
+    let parent = other.file_name().unwrap().to_str().unwrap().to_string();
+    let mut second = std::process::Command::new(agentmon_tests::agentmon_bin())
+        .arg("daemon")
+        .arg("--socket")
+        .arg(other.join("s.sock"))
+        .args(["--cgroup-parent", &parent])
+        .arg("--store-path")
+        .arg(other.join("events.db"))
+        .arg("--pin-path")
+        .arg(&d.pin)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while second.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let still_running = second.try_wait().unwrap().is_none();
+    if still_running {
+        let _ = second.kill();
+    }
+    let out = second.wait_with_output().unwrap();
+    agentmon_tests::cleanup_cgroup(&parent);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !still_running && !out.status.success(),
+        "the second daemon started on the first one's pins: {stderr}"
+    );
+    assert!(
+        stderr.contains("another agentmon daemon holds the pinned state at")
+            && stderr.contains(d.pin.to_str().unwrap()),
+        "refusal should name the pin directory: {stderr}"
+    );
+    // The first daemon still gets its own session's events.
+    let id = marker("pinlock");
+    let st = d.run_in_session(&id, &["/bin/true"]).status().unwrap();
+    assert!(st.success());
+    d.wait_session_end(&id, Duration::from_secs(30));
+    assert!(
+        d.session_events(&id)
+            .iter()
+            .any(|e| e["kind"] == "exec" && e["filename"] == "/bin/true"),
+        "no exec event of /bin/true after the refused second daemon: {:?}",
+        d.session_events(&id)
+    );
+}

@@ -36,6 +36,12 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "another agentmon daemon holds the pinned state at {path} (its lock is taken); \
+         stop that daemon first, or give this one its own `[enforcement] pin_path` \
+         (and its own --socket and --cgroup-parent)"
+    )]
+    PinBusy { path: String },
     #[error("program `{name}` is missing from the eBPF object")]
     NoProgram { name: String },
     #[error("program `{name}`: {source}")]
@@ -146,6 +152,37 @@ pub fn ensure_bpffs(dir: &Path) -> Result<(), LoadError> {
         path: root.display().to_string(),
         source: std::io::Error::from(e),
     })
+}
+
+/// Exclusive hold of a pin directory, for the daemon's lifetime.
+///
+/// Two daemons on one pin directory would share the event ring buffer, the
+/// session table and the links, each replacing the other's programs and
+/// stealing its records, so the second one refuses to start. The lock is a
+/// `flock` on the bpffs directory itself (bpffs holds no regular files); the
+/// kernel drops it when the holder exits, even on SIGKILL, so a restarted
+/// daemon can always take over the pinned objects.
+pub struct PinLock {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// Mounts bpffs if needed, creates `dir` and takes its lock.
+pub fn lock_pin_dir(dir: &Path) -> Result<PinLock, LoadError> {
+    ensure_bpffs(dir)?;
+    let pin_err = |source| LoadError::Pin {
+        path: dir.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(pin_err)?;
+    // O_CLOEXEC (std's default): no child inherits the lock.
+    let file = std::fs::File::open(dir).map_err(pin_err)?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(PinLock { _lock: lock }),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(LoadError::PinBusy {
+            path: dir.display().to_string(),
+        }),
+        Err((_, e)) => Err(pin_err(std::io::Error::from(e))),
+    }
 }
 
 /// Pins `link` at `path`, replacing (and so detaching) a link pinned there

@@ -116,6 +116,14 @@ pub fn scenarios() -> Vec<Scenario> {
             }),
         },
         Scenario {
+            id: "tracepoint_floor",
+            label: "floor: an empty BPF program on sys_exit_openat that matches no process",
+            place: Place::Host(|_, _| match procs::bpftrace_unavailable() {
+                Some(why) => Ok(Err(why)),
+                None => Ok(Ok(Box::new(TracepointFloor::start()?))),
+            }),
+        },
+        Scenario {
             id: "vm_baseline",
             label: "baseline (no daemon)",
             place: Place::Vm("baseline"),
@@ -218,6 +226,51 @@ impl Harness for Bpftrace {
             &argv.join(" "),
         ]);
         c
+    }
+}
+
+/// The cost of the attach point itself, whatever the program does: an
+/// empty bpftrace program on `syscalls:sys_exit_openat` whose filter never
+/// matches (pid 0 opens nothing). agentmon's "outside sessions" row cannot
+/// go below this on a kernel where opens are observed from the syscall
+/// tracepoints. bpftrace runs in the background for the whole measured run.
+struct TracepointFloor(std::process::Child);
+const BPFTRACE_FLOOR: &str = "tracepoint:syscalls:sys_exit_openat /pid == 0/ { }";
+impl TracepointFloor {
+    fn start() -> anyhow::Result<Self> {
+        use std::io::BufRead;
+        let mut child = Command::new("bpftrace")
+            .args(["-e", BPFTRACE_FLOOR])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let out = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if line.starts_with("Attaching") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let floor = Self(child);
+        rx.recv_timeout(Duration::from_secs(60))
+            .map_err(|_| anyhow::anyhow!("bpftrace did not attach within 60 s"))?;
+        // "Attaching" is printed just before the attach calls.
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(floor)
+    }
+}
+impl Harness for TracepointFloor {
+    fn command(&self, argv: &[&str]) -> Command {
+        Plain.command(argv)
+    }
+}
+impl Drop for TracepointFloor {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -473,11 +526,13 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Table> {
             json!(format!("runs: {runs}")),
         ]);
     }
-    t.notes.push(
+    t.notes.push(format!(
         "auditd: `-w FILE -p r` with auditd -n (RAW log format, private log dir); bpftrace: \
-         sys_enter/sys_exit_openat for the child's pid, printing pid, path and result to /dev/null."
-            .into(),
-    );
+         sys_enter/sys_exit_openat for the child's pid, printing pid, path and result to /dev/null; \
+         floor: `bpftrace -e '{BPFTRACE_FLOOR}'` running in the background, the price of the \
+         attach point alone (perf syscall tracepoint dispatch and a BPF program run per openat), \
+         below which no syscall-tracepoint observer, agentmon included, can go."
+    ));
     if let Ok(v) = &vm {
         t.notes.push(format!(
             "{}: the VM tier's test `{VM_TEST}` in one guest (Debian kernel with BPF LSM, 2 vCPUs); \
