@@ -311,7 +311,23 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from("/run/agentmon/sessions"));
     let kernel_counters =
         PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map missing")?)?;
-    let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
+    let events = ebpf.take_map("EVENTS").context("EVENTS map missing")?;
+    if let aya::maps::Map::RingBuf(data) = &events {
+        let size = data.info().map(|i| i.max_entries() as u64)?;
+        match crate::kernel::ringcheck::check_and_repair(std::os::fd::AsFd::as_fd(data.fd()), size)
+        {
+            Ok((_, None)) => {}
+            Ok((found, Some(_))) => log::warn!(
+                "the pinned ring buffer's consumer position was impossible \
+                 (consumer {}, producer {}); moved it to the producer: unread records \
+                 of the previous daemon are given up, new ones are read again",
+                found.consumer,
+                found.producer
+            ),
+            Err(e) => log::warn!("cannot check the pinned ring buffer's positions: {e}"),
+        }
+    }
+    let ring = RingBuf::try_from(events)?;
     // SAFETY: the RingBuf owns its map fd, which stays open and unchanged for
     // as long as the AsyncFd holds the RingBuf.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }

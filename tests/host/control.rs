@@ -312,3 +312,57 @@ fn a_second_daemon_on_the_same_pins_refuses_and_the_first_keeps_working() {
         d.session_events(&id)
     );
 }
+
+/// Writes `pos` into the consumer page of the ring buffer pinned at `path`.
+fn set_ring_consumer(path: &std::path::Path, pos: u64) {
+    use std::os::fd::{AsFd, AsRawFd};
+    let map = aya::maps::MapData::from_pin(path).expect("open the pinned EVENTS ring");
+    let fd = map.fd().as_fd().as_raw_fd();
+    // SAFETY: sysconf has no preconditions; a fresh shared mapping of the
+    // consumer page, unmapped below.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            page,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    assert_ne!(ptr, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
+    // SAFETY: the mapping is at least one page and page-aligned.
+    unsafe {
+        (*(ptr as *const std::sync::atomic::AtomicU64))
+            .store(pos, std::sync::atomic::Ordering::Release);
+        libc::munmap(ptr, page);
+    }
+}
+
+#[test]
+fn a_corrupted_pinned_ring_buffer_is_repaired_by_the_next_daemon() {
+    require_root!();
+    let mut d = Daemon::start(&[]);
+    let ring = d.pin.join("v1/EVENTS");
+    // The consumer position once left by two daemons reading one ring:
+    // far beyond the producer. The kernel then takes the ring for full.
+    d.kill9_and_restart(|| set_ring_consumer(&ring, 2_630_110_728_324_928));
+    let id = marker("ring");
+    let st = d.run_in_session(&id, &["/bin/true"]).status().unwrap();
+    assert!(st.success());
+    d.wait_session_end(&id, Duration::from_secs(30));
+    assert!(
+        d.session_events(&id)
+            .iter()
+            .any(|e| e["kind"] == "exec" && e["filename"] == "/bin/true"),
+        "no exec event through the repaired ring: {:?}",
+        d.session_events(&id)
+    );
+    assert_eq!(
+        d.status()["kernel_counters"]["ringbuf_full"].as_u64(),
+        Some(0),
+        "records were dropped after the repair: {}",
+        d.status()["kernel_counters"]
+    );
+}

@@ -5,4 +5,5 @@ pub mod btf;
 pub mod features;
 pub mod loader;
 pub mod lsm;
+pub mod ringcheck;
 pub mod tracefs;
