@@ -300,7 +300,13 @@ fn a_second_daemon_on_the_same_pins_refuses_and_the_first_keeps_working() {
         "refusal should name the pin directory: {stderr}"
     );
     // The first daemon still gets its own session's events.
-    let id = marker("pinlock");
+    assert_session_exec_is_seen(&mut d, "after the refused second daemon");
+}
+
+/// Runs `/bin/true` in a new session of `d` and asserts its exec record
+/// arrived (`when` says in which situation, for the failure message).
+fn assert_session_exec_is_seen(d: &mut Daemon, when: &str) {
+    let id = marker("true");
     let st = d.run_in_session(&id, &["/bin/true"]).status().unwrap();
     assert!(st.success());
     d.wait_session_end(&id, Duration::from_secs(30));
@@ -308,7 +314,7 @@ fn a_second_daemon_on_the_same_pins_refuses_and_the_first_keeps_working() {
         d.session_events(&id)
             .iter()
             .any(|e| e["kind"] == "exec" && e["filename"] == "/bin/true"),
-        "no exec event of /bin/true after the refused second daemon: {:?}",
+        "no exec event of /bin/true {when}: {:?}",
         d.session_events(&id)
     );
 }
@@ -348,17 +354,7 @@ fn a_corrupted_pinned_ring_buffer_is_repaired_by_the_next_daemon() {
     // The consumer position once left by two daemons reading one ring:
     // far beyond the producer. The kernel then takes the ring for full.
     d.kill9_and_restart(|| set_ring_consumer(&ring, 2_630_110_728_324_928));
-    let id = marker("ring");
-    let st = d.run_in_session(&id, &["/bin/true"]).status().unwrap();
-    assert!(st.success());
-    d.wait_session_end(&id, Duration::from_secs(30));
-    assert!(
-        d.session_events(&id)
-            .iter()
-            .any(|e| e["kind"] == "exec" && e["filename"] == "/bin/true"),
-        "no exec event through the repaired ring: {:?}",
-        d.session_events(&id)
-    );
+    assert_session_exec_is_seen(&mut d, "through the repaired ring");
     assert_eq!(
         d.status()["kernel_counters"]["ringbuf_full"].as_u64(),
         Some(0),
