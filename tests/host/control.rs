@@ -279,11 +279,7 @@ fn a_second_daemon_on_the_same_pins_refuses_and_the_first_keeps_working() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while second.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let still_running = second.try_wait().unwrap().is_none();
+    let still_running = !agentmon_tests::exited_within(&mut second, Duration::from_secs(60));
     if still_running {
         let _ = second.kill();
     }
@@ -321,29 +317,10 @@ fn assert_session_exec_is_seen(d: &mut Daemon, when: &str) {
 
 /// Writes `pos` into the consumer page of the ring buffer pinned at `path`.
 fn set_ring_consumer(path: &std::path::Path, pos: u64) {
-    use std::os::fd::{AsFd, AsRawFd};
+    use std::os::fd::AsFd;
     let map = aya::maps::MapData::from_pin(path).expect("open the pinned EVENTS ring");
-    let fd = map.fd().as_fd().as_raw_fd();
-    // SAFETY: sysconf has no preconditions; a fresh shared mapping of the
-    // consumer page, unmapped below.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-    let ptr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            page,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd,
-            0,
-        )
-    };
-    assert_ne!(ptr, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
-    // SAFETY: the mapping is at least one page and page-aligned.
-    unsafe {
-        (*(ptr as *const std::sync::atomic::AtomicU64))
-            .store(pos, std::sync::atomic::Ordering::Release);
-        libc::munmap(ptr, page);
-    }
+    monitor::kernel::ringcheck::write_consumer(map.fd().as_fd(), pos)
+        .expect("map the ring's consumer page");
 }
 
 #[test]

@@ -311,16 +311,7 @@ impl Drop for Daemon {
         if let Some(mut child) = self.child.take() {
             // SAFETY: signalling our own child.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            let mut exited = false;
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    exited = true;
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if !exited {
+            if !exited_within(&mut child, Duration::from_secs(10)) {
                 let _ = child.kill();
                 let _ = child.wait();
             }
@@ -328,6 +319,20 @@ impl Drop for Daemon {
         // Pinned links keep programs attached after the daemon: unpin them.
         let _ = std::fs::remove_dir_all(&self.pin);
         cleanup_cgroup(&self.cgroup_parent);
+    }
+}
+
+/// Polls `child` until it exits or `limit` passes; returns whether it exited.
+pub fn exited_within(child: &mut std::process::Child, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

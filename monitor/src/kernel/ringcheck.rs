@@ -97,6 +97,13 @@ pub fn check_and_repair(
     }
 }
 
+/// Writes the consumer position of the ring buffer behind `fd`. Only for
+/// tests that reproduce a corrupted ring; a reader advances it through aya.
+pub fn write_consumer(fd: BorrowedFd<'_>, pos: u64) -> std::io::Result<()> {
+    Page::map(fd, 0, true)?.pos().store(pos, Ordering::Release);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::repaired_consumer;
