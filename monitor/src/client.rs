@@ -36,7 +36,7 @@ pub fn run(socket: &Path, args: RunArgs) -> i32 {
         session_id: args.session,
         policy: args.policy,
         workspace,
-        command: args.command.clone(),
+        command: control::command_for_record(&args.command),
     };
     let reply = match control::call(socket, &req, Duration::from_secs(10)) {
         Ok(r) => r,

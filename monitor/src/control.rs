@@ -18,6 +18,48 @@ pub const DEFAULT_SOCKET: &str = "/run/agentmon/agentmon.sock";
 /// Largest request accepted, in bytes (one line).
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
+/// Longest argument kept in a session's recorded command, in bytes.
+pub const RECORD_ARG_BYTES: usize = 2048;
+/// Most bytes of arguments kept in a session's recorded command, so that a
+/// `create_session` request stays inside [`MAX_REQUEST_BYTES`] even when
+/// JSON escapes every byte as `\u00XX` (six bytes).
+pub const RECORD_COMMAND_BYTES: usize = 8 * 1024;
+
+/// The command line as a session records it: the command itself is run
+/// unchanged, but a long argument (an agent prompt pasted on the command
+/// line) is shortened to [`RECORD_ARG_BYTES`] with a note of what was cut,
+/// and the arguments that would pass [`RECORD_COMMAND_BYTES`] in all are
+/// replaced by a count.
+pub fn command_for_record(command: &[String]) -> Vec<String> {
+    let mut out = Vec::with_capacity(command.len());
+    let mut total = 0usize;
+    for (i, arg) in command.iter().enumerate() {
+        let keep = arg.len().min(RECORD_ARG_BYTES);
+        if total + keep > RECORD_COMMAND_BYTES {
+            out.push(format!(
+                "…[{} more arguments not recorded]",
+                command.len() - i
+            ));
+            break;
+        }
+        if keep == arg.len() {
+            out.push(arg.clone());
+        } else {
+            let mut cut = keep;
+            while !arg.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            out.push(format!(
+                "{}…[{} more bytes not recorded]",
+                &arg[..cut],
+                arg.len() - cut
+            ));
+        }
+        total += keep;
+    }
+    out
+}
+
 /// The socket path: `$AGENTMON_SOCKET` or the default.
 pub fn socket_path() -> PathBuf {
     std::env::var_os("AGENTMON_SOCKET")
@@ -142,7 +184,10 @@ pub fn call(
     s.set_write_timeout(Some(timeout)).map_err(io)?;
     let mut line = serde_json::to_vec(req).map_err(|e| ClientError::BadReply(e.to_string()))?;
     line.push(b'\n');
-    s.write_all(&line).map_err(io)?;
+    // The daemon stops reading an oversized request and replies at once, so
+    // the rest of the write may meet a closed socket; its reply is still
+    // queued for us and says why.
+    send_request(&mut s, &line).map_err(io)?;
     let mut reply = String::new();
     BufReader::new(s.take(MAX_REQUEST_BYTES as u64))
         .read_line(&mut reply)
@@ -151,6 +196,23 @@ pub fn call(
         Ok(Reply::Ok { data, .. }) => Ok(data),
         Ok(Reply::Err { error, code, .. }) => Err(ClientError::Refused { code, error }),
         Err(e) => Err(ClientError::BadReply(format!("{e}: {reply:?}"))),
+    }
+}
+
+/// Writes a request; a broken pipe or reset is not an error here because the
+/// daemon may close its side after refusing an oversized request, and the
+/// refusal is then waiting to be read.
+pub fn send_request(s: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
+    match s.write_all(bytes) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            Ok(())
+        }
+        r => r,
     }
 }
 
@@ -173,6 +235,48 @@ pub fn parse_request(line: &[u8]) -> Result<Request, Reply> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recorded_commands_are_bounded_and_say_what_was_cut() {
+        let short = vec!["codex".to_string(), "exec".to_string(), "hi".to_string()];
+        assert_eq!(command_for_record(&short), short);
+
+        // A long prompt with multi-byte characters around the cut.
+        let prompt = "é".repeat(100_000);
+        let rec = command_for_record(&["codex".into(), prompt.clone()]);
+        assert_eq!(rec[0], "codex");
+        assert!(rec[1].len() < RECORD_ARG_BYTES + 64, "{}", rec[1].len());
+        assert!(prompt.starts_with(rec[1].split('…').next().unwrap()));
+        assert!(
+            rec[1].ends_with("…[197952 more bytes not recorded]"),
+            "{}",
+            &rec[1][rec[1].len() - 60..]
+        );
+
+        // Many arguments: the total is bounded and the rest are counted.
+        let many: Vec<String> = (0..10_000).map(|i| format!("arg-{i:05}")).collect();
+        let rec = command_for_record(&many);
+        let kept: usize = rec.iter().map(String::len).sum();
+        assert!(kept <= RECORD_COMMAND_BYTES + 64, "{kept}");
+        assert_eq!(rec[..rec.len() - 1], many[..rec.len() - 1]);
+        let dropped = many.len() - (rec.len() - 1);
+        assert_eq!(
+            rec.last().unwrap(),
+            &format!("…[{dropped} more arguments not recorded]")
+        );
+
+        // The worst case for JSON (every byte a control character, escaped
+        // as six bytes) still fits one request line.
+        let ctl: Vec<String> = (0..64).map(|_| "\u{1}".repeat(4096)).collect();
+        let req = Request::CreateSession {
+            session_id: Some("s".repeat(64)),
+            policy: Some("/etc/agentmon/policy.toml".into()),
+            workspace: Some("/home/someone/src/project".into()),
+            command: command_for_record(&ctl),
+        };
+        let len = serde_json::to_vec(&req).unwrap().len();
+        assert!(len < MAX_REQUEST_BYTES, "{len}");
+    }
 
     #[test]
     fn parses_requests_and_rejects_bad_ones() {

@@ -870,7 +870,18 @@ async fn serve(stream: UnixStream, state: Arc<Mutex<State>>) {
     let mut out = serde_json::to_vec(&reply).unwrap_or_default();
     out.push(b'\n');
     let _ = stream.get_mut().write_all(&out).await;
+    if line.len() > control::MAX_REQUEST_BYTES {
+        // Let the client finish writing (bounded) so it reads the refusal
+        // instead of a reset from closing on unread data.
+        let mut rest = (&mut stream).take(DRAIN_OVERSIZED_BYTES);
+        let mut sink = tokio::io::sink();
+        let drain = tokio::io::copy(&mut rest, &mut sink);
+        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+    }
 }
+
+/// How much of an oversized request is read and dropped after the refusal.
+const DRAIN_OVERSIZED_BYTES: u64 = 4 << 20;
 
 /// Whether `uid`/`gid`/`pid` may manage sessions: root, or a member of the
 /// configured group (primary or supplementary, read from /proc).

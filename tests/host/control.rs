@@ -16,9 +16,10 @@ use crate::require_root;
 fn raw(d: &Daemon, bytes: &[u8]) -> Value {
     let mut s = UnixStream::connect(&d.socket).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.write_all(bytes).unwrap();
-    // End of request: the daemon also takes EOF as the end of the line.
-    s.shutdown(std::net::Shutdown::Write).unwrap();
+    monitor::control::send_request(&mut s, bytes).unwrap();
+    // End of request: the daemon also takes EOF as the end of the line. After
+    // an oversized request the daemon may have closed already.
+    let _ = s.shutdown(std::net::Shutdown::Write);
     let mut line = String::new();
     BufReader::new(s).read_line(&mut line).unwrap();
     serde_json::from_str(&line).unwrap_or_else(|e| panic!("reply is not JSON ({e}): {line:?}"))
@@ -55,10 +56,44 @@ fn oversized_request_is_refused() {
     require_root!();
     let d = Daemon::start(&[]);
     let mut big = br#"{"op":"status","pad":""#.to_vec();
-    big.extend(std::iter::repeat_n(b'x', 200 * 1024));
+    big.extend(std::iter::repeat_n(b'x', 1024 * 1024));
     big.extend(b"\"}\n");
     assert_err(&raw(&d, &big), "too_large", "65536");
     d.status();
+}
+
+/// A prompt pasted on the command line (`agentmon run -- codex exec "$(cat
+/// spec.md)"`) is larger than one control request: the command still runs
+/// with every byte, and the session records a shortened copy.
+#[test]
+fn a_command_line_larger_than_a_request_runs_and_is_recorded_shortened() {
+    require_root!();
+    let mut d = Daemon::start(&[]);
+    let m = marker("bigarg");
+    let prompt = "p".repeat(100_000); // one argument may be up to 128 KiB
+    let out = d
+        .run_in_session(
+            &m,
+            &["sh", "-c", "[ ${#1} -eq 100000 ] && exit 7", "sh", &prompt],
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    let start = d.wait_for("session_start", Duration::from_secs(20), |v| {
+        v["kind"] == "session_start" && v["session_id"] == m.as_str()
+    });
+    let cmd = agentmon_tests::strs(&start["command"]);
+    assert_eq!(
+        cmd[..4],
+        ["sh", "-c", "[ ${#1} -eq 100000 ] && exit 7", "sh"]
+    );
+    assert!(
+        cmd[4].starts_with("ppp") && cmd[4].ends_with("more bytes not recorded]"),
+        "{}",
+        &cmd[4][cmd[4].len().saturating_sub(80)..]
+    );
+    assert!(cmd[4].len() < 4096, "{}", cmd[4].len());
+    d.wait_session_end(&m, Duration::from_secs(20));
 }
 
 #[test]
