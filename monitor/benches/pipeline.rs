@@ -7,7 +7,7 @@
 //!
 //! - `producer`: what the ring-buffer reader does per record in the daemon
 //!   (`daemon::drain_batch` and `Output::emit` with the store on): decode,
-//!   enrich to the JSON record, metrics, map to a store row, validate and
+//!   enrich to the typed record, metrics, map to a store row, validate and
 //!   pack it (`RecordSender::try_send`, into a channel that is drained on
 //!   this thread's core budget but not counted);
 //! - `writer`: storing the packed rows in transactions of 4,096
@@ -84,9 +84,9 @@ fn produce(raw: &[u8], cache: &mut ProcCache, clock: &Clock, metrics: &Metrics) 
         id: SESSION,
         conversation_id: None,
     };
-    let v = pipeline::enrich(&ev, cache, Some(view), clock);
-    metrics.observe(&v);
-    pipeline::to_store_record(&v).to_packed().ok()
+    let r = pipeline::enrich(&ev, cache, Some(view), clock, None);
+    metrics.observe_event(r.event.kind_name(), r.decision());
+    pipeline::store_row(&r).to_packed().ok()
 }
 
 fn phase_producer(raw: &[Vec<u8>]) -> Vec<Packed> {
@@ -170,9 +170,9 @@ fn phase_e2e() {
             id: SESSION,
             conversation_id: None,
         };
-        let v = pipeline::enrich(&ev, &mut cache, Some(view), &clock);
-        metrics.observe(&v);
-        if tx.try_send(pipeline::to_store_record(&v)) {
+        let r = pipeline::enrich(&ev, &mut cache, Some(view), &clock, None);
+        metrics.observe_event(r.event.kind_name(), r.decision());
+        if tx.try_send(pipeline::store_row(&r)) {
             sent += 1;
         }
     }

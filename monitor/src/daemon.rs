@@ -24,7 +24,7 @@ use crate::{
         features::{self, Probe},
         loader::{self, KernelLayout, LoadOptions},
     },
-    pipeline::{self, Clock, ProcCache, SessionView},
+    pipeline::{self, Clock, Naming, ProcCache, SessionView},
     session::{self, Manager, SessionTable},
 };
 
@@ -188,6 +188,25 @@ struct Output {
 }
 
 impl Output {
+    /// The per-event path: the typed record is serialized once per sink,
+    /// straight into the sink's buffer; a JSON tree is built only for OTLP.
+    fn emit_event(&self, r: &pipeline::Enriched<'_>) {
+        self.metrics
+            .observe_event(r.event.kind_name(), r.decision());
+        if let Some((_, tx)) = &self.store {
+            tx.try_send(pipeline::store_row(r));
+        }
+        if let Some(o) = &self.otlp {
+            o.try_send(&r.to_value());
+        }
+        if self.stdout {
+            let mut lock = std::io::stdout().lock();
+            let _ = serde_json::to_writer(&mut lock, r);
+            let _ = lock.write_all(b"\n");
+            let _ = lock.flush();
+        }
+    }
+
     fn emit(&self, v: &Value) {
         self.metrics.observe(v);
         if let Some((_, tx)) = &self.store {
@@ -602,33 +621,32 @@ fn drain_batch(
         };
         n += 1;
         match event::decode(&item) {
-            Ok(ev) => {
+            Ok(mut ev) => {
                 st.counters.events += 1;
                 let c = ev.common();
-                let session = st.manager.by_cgroup_id_mut(c.session_cgroup_id);
+                let session_cgroup_id = c.session_cgroup_id;
+                let session = st.manager.by_cgroup_id_mut(session_cgroup_id);
                 let decision = match &ev {
                     event::Event::NetConnect(n) => n.decision,
                     event::Event::Policy(p) => p.decision,
                     _ => "allowed",
                 };
-                if let Some(s) = session {
-                    *s.counts
-                        .entry(format!("{}/{decision}", ev.kind_name()))
-                        .or_default() += 1;
-                }
+                let naming = match session {
+                    Some(s) => {
+                        count_event(&mut s.counts, ev.kind_name(), decision);
+                        name_rule(&st.enf, &s.id, &mut ev)
+                    }
+                    None => None,
+                };
                 let view = st
                     .manager
-                    .by_cgroup_id(c.session_cgroup_id)
+                    .by_cgroup_id(session_cgroup_id)
                     .map(|s| SessionView {
                         id: &s.id,
                         conversation_id: s.conversation_id.as_deref(),
                     });
-                let sid = view.as_ref().map(|s| s.id.to_string());
-                let mut v = pipeline::enrich(&ev, cache, view, clock);
-                if let Some(id) = sid {
-                    name_rule(&st.enf, &id, &ev, &mut v);
-                }
-                st.out.emit(&v);
+                let rec = pipeline::enrich(&ev, cache, view, clock, naming);
+                st.out.emit_event(&rec);
             }
             Err(e) => {
                 st.counters.decode_errors += 1;
@@ -639,34 +657,49 @@ fn drain_batch(
     true
 }
 
-/// Adds the policy rule behind a kernel decision (`rule`, `rule_id`) and
-/// the policy's name, re-matched against the policy of the generation that
-/// decided.
-fn name_rule(enf: &Enforcement, session_id: &str, ev: &event::Event, v: &mut Value) {
-    if let (event::Event::Policy(p), Value::Object(m)) = (ev, &mut *v) {
-        if p.reason == "session_escape" {
-            m.insert(
-                "rule".into(),
-                json!(
-                    "session: a session process cannot move a process out of its session's cgroups"
-                ),
-            );
+/// Counts one event in its session's `kind/decision` tally (kept for the
+/// `session_end` record) without building the key for kinds seen before.
+fn count_event(counts: &mut std::collections::HashMap<String, u64>, kind: &str, decision: &str) {
+    let mut key = [0u8; 64];
+    let len = kind.len() + 1 + decision.len();
+    if len <= key.len() {
+        key[..kind.len()].copy_from_slice(kind.as_bytes());
+        key[kind.len()] = b'/';
+        key[kind.len() + 1..len].copy_from_slice(decision.as_bytes());
+        if let Some(n) = std::str::from_utf8(&key[..len])
+            .ok()
+            .and_then(|k| counts.get_mut(k))
+        {
+            *n += 1;
             return;
         }
     }
-    let Some(sp) = enf.sessions.get(session_id) else {
-        return;
-    };
-    let (generation, rule) = match ev {
+    *counts.entry(format!("{kind}/{decision}")).or_default() += 1;
+}
+
+/// Names the policy rule behind a kernel decision (`rule`, `rule_id`) and
+/// the policy, re-matched against the policy of the generation that
+/// decided. A network event's rule id goes into the event itself.
+fn name_rule(enf: &Enforcement, session_id: &str, ev: &mut event::Event) -> Option<Naming> {
+    if let event::Event::Policy(p) = &*ev {
+        if p.reason == "session_escape" {
+            return Some(Naming {
+                rule: Some(
+                    "session: a session process cannot move a process out of its session's cgroups"
+                        .into(),
+                ),
+                ..Naming::default()
+            });
+        }
+    }
+    let sp = enf.sessions.get(session_id)?;
+    let rule = match &*ev {
         event::Event::Policy(p) => {
-            let Some(c) = sp
+            let c = sp
                 .compiled
                 .iter()
-                .find(|c| c.generation() == p.policy_generation)
-            else {
-                return;
-            };
-            let rule = match p.reason {
+                .find(|c| c.generation() == p.policy_generation)?;
+            match p.reason {
                 "inode" => Some((
                     u32::MAX,
                     "permissions.filesystem.deny_read: another name (hard link) of a denied file"
@@ -677,17 +710,13 @@ fn name_rule(enf: &Enforcement, session_id: &str, ev: &event::Event, v: &mut Val
                     "fail closed: the path could not be resolved in full".to_string(),
                 )),
                 _ => enforce::rule_for(c, p.access, &p.path),
-            };
-            (p.policy_generation, rule)
+            }
         }
         event::Event::NetConnect(n) if n.policy_generation != 0 => {
-            let Some(c) = sp
+            let c = sp
                 .compiled
                 .iter()
-                .find(|c| c.generation() == n.policy_generation)
-            else {
-                return;
-            };
+                .find(|c| c.generation() == n.policy_generation)?;
             let rule = n.rule_id.and_then(|id| {
                 c.rule(id)
                     .map(|r| (id, format!("{}: {}", r.kind.key(), r.text)))
@@ -706,23 +735,29 @@ fn name_rule(enf: &Enforcement, session_id: &str, ev: &event::Event, v: &mut Val
                 d.rule
                     .map(|r| (r.id, format!("{}: {} (via {name})", r.kind.key(), r.text)))
             });
-            let rule = rule.or_else(|| {
+            rule.or_else(|| {
                 (n.decision != "allowed").then(|| (u32::MAX, "network.default".to_string()))
-            });
-            (n.policy_generation, rule)
+            })
         }
-        _ => return,
+        _ => return None,
     };
-    if let Value::Object(m) = v {
-        m.insert("policy".into(), json!(sp.source.name));
-        m.insert("policy_generation".into(), json!(generation));
-        if let Some((id, text)) = rule {
-            if id != u32::MAX {
-                m.insert("rule_id".into(), json!(id));
+    let mut naming = Naming {
+        policy: Some(sp.source.name.clone()),
+        ..Naming::default()
+    };
+    if let Some((id, text)) = rule {
+        let id = (id != u32::MAX).then_some(id);
+        match ev {
+            event::Event::NetConnect(n) => {
+                if id.is_some() {
+                    n.rule_id = id;
+                }
             }
-            m.insert("rule".into(), json!(text));
+            _ => naming.rule_id = id,
         }
+        naming.rule = Some(text);
     }
+    Some(naming)
 }
 
 /// Recompiles every session's policy and swaps each into a fresh slot. A

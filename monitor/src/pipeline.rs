@@ -7,7 +7,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::event::Event;
 
@@ -91,13 +92,73 @@ impl Clock {
     }
 }
 
+/// The policy facts behind a kernel decision, named in user space (which
+/// policy, which rule). Serialized into the record beside the event.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Naming {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// Only for records whose event has no `rule_id` of its own (a network
+    /// event carries the id in the event).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule_id: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+}
+
+/// One exported record: the decoded event and what enrichment adds, kept
+/// typed. It serializes to the record's JSON object (the event's fields and
+/// the added ones), straight into each sink's buffer: no intermediate JSON
+/// tree per event.
+#[derive(Debug, Serialize)]
+pub struct Enriched<'a> {
+    #[serde(flatten)]
+    pub event: &'a Event,
+    pub ts_unix_ns: i64,
+    pub session_id: Option<&'a str>,
+    pub conversation_id: Option<String>,
+    pub call_id: Option<String>,
+    /// The exec that started this record's process image (events other
+    /// than exec, when the image is known).
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "opt_hex_id")]
+    pub parent_exec_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process_filename: Option<String>,
+    #[serde(flatten)]
+    pub naming: Option<Naming>,
+}
+
+fn opt_hex_id<S: serde::Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => crate::event::hex_id(v, s),
+        None => s.serialize_none(),
+    }
+}
+
+impl Enriched<'_> {
+    /// The record's `decision`, for the events that carry one.
+    pub fn decision(&self) -> Option<&'static str> {
+        match self.event {
+            Event::NetConnect(n) => Some(n.decision),
+            Event::Policy(p) => Some(p.decision),
+            _ => None,
+        }
+    }
+
+    /// The record as a JSON tree, for sinks that need one (OTLP).
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
 /// Builds the exported record of `ev` and updates the cache.
-pub fn enrich(
-    ev: &Event,
+pub fn enrich<'a>(
+    ev: &'a Event,
     cache: &mut ProcCache,
-    session: Option<SessionView<'_>>,
+    session: Option<SessionView<'a>>,
     clock: &Clock,
-) -> Value {
+    naming: Option<Naming>,
+) -> Enriched<'a> {
     let c = ev.common();
     if let Event::Exec(e) = ev {
         cache.insert(
@@ -112,32 +173,73 @@ pub fn enrich(
         );
     }
     let info = cache.get(c.exec_id);
-    let mut v = match serde_json::to_value(ev) {
-        Ok(Value::Object(m)) => m,
-        _ => Map::new(),
-    };
     let conversation = info.and_then(|i| i.conversation_id.clone()).or_else(|| {
         session
             .as_ref()
             .and_then(|s| s.conversation_id.map(str::to_string))
     });
-    v.insert("ts_unix_ns".into(), json!(clock.unix_ns(c.ts_boot_ns)));
-    v.insert("session_id".into(), json!(session.as_ref().map(|s| s.id)));
-    v.insert("conversation_id".into(), json!(conversation));
-    v.insert(
-        "call_id".into(),
-        json!(info.and_then(|i| i.call_id.clone())),
-    );
-    if !matches!(ev, Event::Exec(_)) {
-        if let Some(i) = info {
-            v.insert(
-                "parent_exec_id".into(),
-                json!(format!("{:016x}", i.parent_exec_id)),
-            );
-            v.insert("process_filename".into(), json!(i.filename));
-        }
+    let (parent_exec_id, process_filename) = match (ev, info) {
+        (Event::Exec(_), _) | (_, None) => (None, None),
+        (_, Some(i)) => (Some(i.parent_exec_id), Some(i.filename.clone())),
+    };
+    Enriched {
+        event: ev,
+        ts_unix_ns: clock.unix_ns(c.ts_boot_ns),
+        session_id: session.map(|s| s.id),
+        conversation_id: conversation,
+        call_id: info.and_then(|i| i.call_id.clone()),
+        parent_exec_id,
+        process_filename,
+        naming,
     }
-    Value::Object(v)
+}
+
+/// The local store's row for a typed record: the same columns
+/// [`to_store_record`] pulls out of the record's JSON, taken from the
+/// event itself; the payload is serialized into the row on packing.
+pub fn store_row<'r>(r: &'r Enriched<'_>) -> crate::store::RecordRef<'r, Enriched<'r>> {
+    let c = r.event.common();
+    let hex = |x: u64| format!("{x:016x}");
+    let (subject, ppid, parent) = match r.event {
+        Event::Exec(e) => (
+            Some(e.filename.clone()),
+            Some(e.ppid),
+            Some(hex(e.parent_exec_id)),
+        ),
+        Event::FileOpen(f) => (Some(f.path.clone()), None, None),
+        Event::FileOp(f) => (Some(f.path.clone()), None, None),
+        Event::NetConnect(n) => (Some(net_subject(&n.address, n.port)), None, None),
+        Event::Dns(d) => (Some(d.name.clone()), None, None),
+        Event::Fork(_) | Event::Exit(_) | Event::Policy(_) => (None, None, None),
+    };
+    let decision = match r.event {
+        Event::Dns(_) => None,
+        _ => Some(r.decision().unwrap_or("allowed").to_string()),
+    };
+    let mut row = crate::store::Record::new(r.ts_unix_ns, r.event.kind_name(), Value::Null);
+    row.session_id = r.session_id.map(str::to_string);
+    row.conversation_id = r.conversation_id.clone();
+    row.call_id = r.call_id.clone();
+    row.pid = Some(c.tgid);
+    row.ppid = ppid;
+    row.uid = Some(c.uid);
+    row.exec_id = Some(hex(c.exec_id));
+    row.parent_exec_id = parent.or_else(|| r.parent_exec_id.map(hex));
+    row.decision = decision;
+    row.rule = r.naming.as_ref().and_then(|n| n.rule.clone());
+    row.subject = subject;
+    crate::store::RecordRef {
+        columns: row,
+        payload: r,
+    }
+}
+
+fn net_subject(address: &str, port: impl std::fmt::Display) -> String {
+    if address.contains(':') {
+        format!("[{address}]:{port}")
+    } else {
+        format!("{address}:{port}")
+    }
 }
 
 /// The local store's row for an exported record: indexed columns pulled
@@ -152,8 +254,7 @@ pub fn to_store_record(v: &Value) -> crate::store::RecordRef<'_> {
         "exec" => s("filename"),
         "file_open" | "file_op" => s("path"),
         "net_connect" => match (s("address"), v.get("port").and_then(Value::as_u64)) {
-            (Some(a), Some(p)) if a.contains(':') => Some(format!("[{a}]:{p}")),
-            (Some(a), Some(p)) => Some(format!("{a}:{p}")),
+            (Some(a), Some(p)) => Some(net_subject(&a, p)),
             _ => None,
         },
         "session_start" | "session_end" => s("session_id"),
@@ -191,7 +292,10 @@ mod tests {
     use monitor_common::EventHeader;
 
     use super::*;
-    use crate::event::{decode, encode};
+    use crate::{
+        event::{decode, encode},
+        store::ToPacked,
+    };
 
     #[test]
     fn later_events_carry_the_tags_of_their_exec() {
@@ -219,7 +323,9 @@ mod tests {
                 conversation_id: None,
             }),
             &clock,
-        );
+            None,
+        )
+        .to_value();
         assert_eq!(v["conversation_id"], "conv");
         assert_eq!(v["call_id"], "call_1");
         assert_eq!(v["ts_unix_ns"], 1005);
@@ -232,7 +338,9 @@ mod tests {
                 conversation_id: Some("other"),
             }),
             &clock,
-        );
+            None,
+        )
+        .to_value();
         assert_eq!(v["session_id"], "s");
         assert_eq!(v["conversation_id"], "conv");
         assert_eq!(v["call_id"], "call_1");
@@ -248,7 +356,9 @@ mod tests {
                 conversation_id: Some("sess-conv"),
             }),
             &clock,
-        );
+            None,
+        )
+        .to_value();
         assert_eq!(v["conversation_id"], "sess-conv");
         assert_eq!(v["call_id"], Value::Null);
     }
@@ -274,6 +384,134 @@ mod tests {
         .columns;
         assert_eq!(end.decision, None);
         end.validate().unwrap();
+    }
+
+    /// What the record of each kind of event looked like when it was built
+    /// as a JSON tree: the event's fields, then the added ones inserted.
+    fn reference_record(
+        ev: &Event,
+        info: Option<&ProcInfo>,
+        session: &str,
+        ts: i64,
+        naming: Option<&Naming>,
+    ) -> Value {
+        let mut v = serde_json::to_value(ev).unwrap();
+        let m = v.as_object_mut().unwrap();
+        m.insert("ts_unix_ns".into(), ts.into());
+        m.insert("session_id".into(), session.into());
+        m.insert(
+            "conversation_id".into(),
+            info.and_then(|i| i.conversation_id.clone()).into(),
+        );
+        m.insert(
+            "call_id".into(),
+            info.and_then(|i| i.call_id.clone()).into(),
+        );
+        if let (false, Some(i)) = (matches!(ev, Event::Exec(_)), info) {
+            m.insert(
+                "parent_exec_id".into(),
+                format!("{:016x}", i.parent_exec_id).into(),
+            );
+            m.insert("process_filename".into(), i.filename.clone().into());
+        }
+        if let Some(n) = naming {
+            if let Some(p) = &n.policy {
+                m.insert("policy".into(), p.clone().into());
+            }
+            if let Some(id) = n.rule_id {
+                m.insert("rule_id".into(), id.into());
+            }
+            if let Some(r) = &n.rule {
+                m.insert("rule".into(), r.clone().into());
+            }
+        }
+        v
+    }
+
+    /// The typed record serializes to the same JSON as the tree it replaced,
+    /// and its store row has the columns the tree's row had, for every kind
+    /// of event.
+    #[test]
+    fn typed_records_match_the_json_tree_and_its_store_row() {
+        use monitor_common::policy::net_reason;
+        let h = EventHeader {
+            exec_id: 0xabc,
+            tgid: 7,
+            pid: 8,
+            uid: 1000,
+            ts_boot_ns: 5,
+            ..Default::default()
+        };
+        let v4 = {
+            let mut a = [0u8; 16];
+            a[..4].copy_from_slice(&[10, 0, 0, 1]);
+            a
+        };
+        let mut exec = encode::exec(h, 3, &[b"cat", b".env"], b"/bin/cat", b"/ws");
+        let conv_at = std::mem::offset_of!(monitor_common::ExecEvent, conversation_id);
+        exec[conv_at..conv_at + 4].copy_from_slice(b"conv");
+        let raws = [
+            exec,
+            encode::file_open(h, b"/ws/a \"b\".rs", 3, 0),
+            encode::policy(h, b"/ws/.env", 0, 1, 7),
+            encode::net(h, v4, 443, b"", net_reason::CIDR),
+            encode::net(h, v4, 80, b"x.denied.test", net_reason::DOMAIN),
+            encode::dns(h, b"api.github.com", &[v4]),
+        ];
+        let namings = [
+            None,
+            Some(Naming {
+                policy: Some("p".into()),
+                rule_id: Some(4),
+                rule: Some("permissions.filesystem.deny_read: **/.env".into()),
+            }),
+        ];
+        let clock = Clock { offset_ns: 100 };
+        let mut kinds = std::collections::BTreeSet::new();
+        for raw in &raws {
+            let ev = decode(raw).unwrap();
+            for naming in &namings {
+                // Rule ids live in network events themselves.
+                let naming = naming.clone().map(|mut n| {
+                    if matches!(ev, Event::NetConnect(_)) {
+                        n.rule_id = None;
+                    }
+                    n
+                });
+                let mut cache = ProcCache::new(10);
+                cache.insert(
+                    0xabc,
+                    ProcInfo {
+                        parent_exec_id: 0x99,
+                        filename: "/bin/cat".into(),
+                        conversation_id: Some("conv".into()),
+                        call_id: Some("call".into()),
+                        ..Default::default()
+                    },
+                );
+                let view = SessionView {
+                    id: "s1",
+                    conversation_id: None,
+                };
+                let typed = enrich(&ev, &mut cache, Some(view), &clock, naming.clone());
+                let info = cache.get(0xabc).cloned();
+                let want = reference_record(&ev, info.as_ref(), "s1", 105, naming.as_ref());
+                assert_eq!(typed.to_value(), want, "{}", ev.kind_name());
+                let text = serde_json::to_string(&typed).unwrap();
+                assert_eq!(
+                    serde_json::from_str::<Value>(&text).unwrap(),
+                    want,
+                    "{text}"
+                );
+                let row = store_row(&typed);
+                let tree_row = to_store_record(&want);
+                assert_eq!(row.columns, tree_row.columns, "{}", ev.kind_name());
+                let (a, b) = (row.to_packed().unwrap(), tree_row.to_packed().unwrap());
+                assert_eq!(a.kind(), b.kind());
+                kinds.insert(ev.kind_name());
+            }
+        }
+        assert_eq!(kinds.len(), 5, "{kinds:?}");
     }
 
     #[test]

@@ -81,6 +81,18 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Accounts one kernel event's record (never a session or loss record)
+    /// from its kind and decision, without a JSON tree.
+    pub fn observe_event(&self, kind: &str, decision: Option<&str>) {
+        let kind = mapping::kind_index_of(kind);
+        self.events.add(kind, 1);
+        match mapping::decision_of(decision) {
+            Decision::Denied => self.denied.add(kind, 1),
+            Decision::WouldDeny => self.would_deny.add(kind, 1),
+            Decision::Other => {}
+        }
+    }
+
     /// Accounts one record of the stream.
     pub fn observe(&self, record: &Value) {
         let kind = mapping::kind_index(record);

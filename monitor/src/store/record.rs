@@ -133,11 +133,13 @@ pub struct Packed {
 /// A record whose payload is borrowed: what a producer that still needs
 /// the payload for other sinks hands to the writer (the daemon's pipeline),
 /// instead of cloning the JSON tree into a [`Record`].
+/// The payload is anything serializable: a JSON tree, or the daemon's typed
+/// record, which is then written as JSON text straight into the packed row.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RecordRef<'a> {
+pub struct RecordRef<'a, P: Serialize + ?Sized = serde_json::Value> {
     /// Every column; its `payload` is ignored.
     pub columns: Record,
-    pub payload: &'a serde_json::Value,
+    pub payload: &'a P,
 }
 
 /// What the writer's channel takes: anything that can be validated and
@@ -159,7 +161,7 @@ impl ToPacked for Record {
     }
 }
 
-impl ToPacked for RecordRef<'_> {
+impl<P: Serialize + ?Sized> ToPacked for RecordRef<'_, P> {
     fn to_packed(&self) -> Result<Packed, RecordError> {
         Packed::with_payload(&self.columns, self.payload)
     }
@@ -176,7 +178,10 @@ impl Packed {
     }
 
     /// Validates and packs `r` with `payload` in place of `r.payload`.
-    pub fn with_payload(r: &Record, payload: &serde_json::Value) -> Result<Packed, RecordError> {
+    pub fn with_payload<P: Serialize + ?Sized>(
+        r: &Record,
+        payload: &P,
+    ) -> Result<Packed, RecordError> {
         r.validate()?;
         let fields: [Option<&str>; FIELDS - 1] = [
             Some(&r.kind),

@@ -36,8 +36,12 @@ pub fn kind_index(record: &Value) -> usize {
     record
         .get("kind")
         .and_then(Value::as_str)
-        .and_then(|k| KINDS.iter().position(|x| *x == k))
-        .unwrap_or(KIND_OTHER)
+        .map_or(KIND_OTHER, kind_index_of)
+}
+
+/// Index of a kind name in [`KINDS`], or [`KIND_OTHER`].
+pub fn kind_index_of(kind: &str) -> usize {
+    KINDS.iter().position(|x| *x == kind).unwrap_or(KIND_OTHER)
 }
 
 /// Policy decision carried by a record.
@@ -49,7 +53,12 @@ pub enum Decision {
 }
 
 pub fn decision(record: &Value) -> Decision {
-    match record.get("decision").and_then(Value::as_str) {
+    decision_of(record.get("decision").and_then(Value::as_str))
+}
+
+/// [`decision`] of a record's `decision` value.
+pub fn decision_of(decision: Option<&str>) -> Decision {
+    match decision {
         // `killed`: the kill fallback without BPF LSM, a denial too.
         Some("denied" | "killed") => Decision::Denied,
         Some("would_deny") => Decision::WouldDeny,
