@@ -81,9 +81,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Accounts one kernel event's record (never a session or loss record)
-    /// from its kind and decision, without a JSON tree.
-    pub fn observe_event(&self, kind: &str, decision: Option<&str>) {
+    /// Accounts one kernel event's record from its kind and decision,
+    /// without a JSON tree, and returns the kind's index in `KINDS`.
+    pub fn observe_event(&self, kind: &str, decision: Option<&str>) -> usize {
         let kind = mapping::kind_index_of(kind);
         self.events.add(kind, 1);
         match mapping::decision_of(decision) {
@@ -91,17 +91,18 @@ impl Metrics {
             Decision::WouldDeny => self.would_deny.add(kind, 1),
             Decision::Other => {}
         }
+        kind
     }
 
     /// Accounts one record of the stream.
     pub fn observe(&self, record: &Value) {
-        let kind = mapping::kind_index(record);
-        self.events.add(kind, 1);
-        match mapping::decision(record) {
-            Decision::Denied => self.denied.add(kind, 1),
-            Decision::WouldDeny => self.would_deny.add(kind, 1),
-            Decision::Other => {}
-        }
+        let kind = self.observe_event(
+            record
+                .get("kind")
+                .and_then(Value::as_str)
+                .unwrap_or_default(),
+            record.get("decision").and_then(Value::as_str),
+        );
         match KINDS.get(kind).copied() {
             Some("session_start") => {
                 self.active_sessions.fetch_add(1, Relaxed);
