@@ -56,7 +56,8 @@ const INSERT_SQL: &str = "INSERT INTO events (id, ts, kind, session, conversatio
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
 
 const SESSION_UPDATE_SQL: &str = "UPDATE sessions SET first_ts = min(first_ts, ?2), \
-     last_ts = max(last_ts, ?3) WHERE id = ?1";
+     last_ts = max(last_ts, ?3), first_id = min(first_id, ?4), last_id = max(last_id, ?5) \
+     WHERE id = ?1";
 
 const SPAN_UPSERT_SQL: &str = "INSERT INTO spans (what, name, session, first_id, last_id) \
      VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (what, name, session) DO UPDATE SET \
@@ -79,6 +80,9 @@ pub struct Store {
     /// Interned names: kind and session name to their row id.
     kinds: HashMap<String, i64>,
     sessions: HashMap<String, i64>,
+    /// Sessions rows carry the id window of their events (schema version
+    /// 3 on); older files opened read-only are queried without it.
+    windows: bool,
 }
 
 /// What happened to one batch.
@@ -212,6 +216,7 @@ impl Store {
             retention,
             kinds: HashMap::new(),
             sessions: HashMap::new(),
+            windows: true,
         })
     }
 
@@ -260,12 +265,13 @@ impl Store {
                     supported: CURRENT_VERSION,
                 })
             }
-            schema::OnDisk::Version(_) => Ok(Store {
+            schema::OnDisk::Version(v) => Ok(Store {
                 conn,
                 path,
                 retention: RetentionConfig::default(),
                 kinds: HashMap::new(),
                 sessions: HashMap::new(),
+                windows: v >= schema::WINDOWS_FROM,
             }),
         }
     }
@@ -331,9 +337,9 @@ impl Store {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(err("beginning batch"))?;
-        // Per batch: each session's time range, each conversation's and
-        // call's id window per session.
-        let mut session_ts: HashMap<i64, (i64, i64)> = HashMap::new();
+        // Per batch: each session's time range and id window, each
+        // conversation's and call's id window per session.
+        let mut session_ts: HashMap<i64, [i64; 4]> = HashMap::new();
         let mut spans: HashMap<(i64, &str, i64), (i64, i64)> = HashMap::new();
         {
             let mut stmt = tx
@@ -407,9 +413,14 @@ impl Store {
                         outcome.inserted += 1;
                         let sref = session.unwrap_or(0);
                         if let Some(s) = session {
-                            let e = session_ts.entry(s).or_insert((r.ts_unix_ns, r.ts_unix_ns));
-                            e.0 = e.0.min(r.ts_unix_ns);
-                            e.1 = e.1.max(r.ts_unix_ns);
+                            let e =
+                                session_ts
+                                    .entry(s)
+                                    .or_insert([r.ts_unix_ns, r.ts_unix_ns, id, id]);
+                            e[0] = e[0].min(r.ts_unix_ns);
+                            e[1] = e[1].max(r.ts_unix_ns);
+                            e[2] = e[2].min(id);
+                            e[3] = e[3].max(id);
                         }
                         for (what, name) in [
                             (schema::SPAN_CONVERSATION, conversation_id),
@@ -439,8 +450,8 @@ impl Store {
                 let mut up = tx
                     .prepare_cached(SESSION_UPDATE_SQL)
                     .map_err(err("preparing session update"))?;
-                for (id, (first, last)) in &session_ts {
-                    up.execute((id, first, last))
+                for (id, [first, last, first_id, last_id]) in &session_ts {
+                    up.execute((id, first, last, first_id, last_id))
                         .map_err(err("recording session"))?;
                 }
             }
@@ -518,9 +529,12 @@ fn intern_session(
     if let Some(&id) = cache.get(name) {
         return Ok(id);
     }
+    // The id window starts at the event time, which no id of the session's
+    // events is below (an id is its time, or bumped later); the batch then
+    // widens it to the ids actually stored.
     conn.prepare_cached(
-        "INSERT INTO sessions (name, first_ts, last_ts) VALUES (?1, ?2, ?2) \
-         ON CONFLICT (name) DO NOTHING",
+        "INSERT INTO sessions (name, first_ts, last_ts, first_id, last_id) \
+         VALUES (?1, ?2, ?2, ?2, ?2) ON CONFLICT (name) DO NOTHING",
     )?
     .execute((name, ts))?;
     let id = conn

@@ -137,6 +137,17 @@ struct Scope {
     hi: Option<i64>,
 }
 
+impl Scope {
+    /// Keeps to the ids in `[first, last]`.
+    fn narrow(&mut self, (first, last): (i64, i64)) {
+        self.lo = Some(self.lo.map_or(first, |lo| lo.max(first)));
+        self.hi = Some(
+            self.hi
+                .map_or(last.saturating_add(1), |hi| hi.min(last.saturating_add(1))),
+        );
+    }
+}
+
 impl Store {
     /// Resolves `--session`: an exact id wins; otherwise a unique suffix of a
     /// known session id; otherwise the text itself (matching nothing).
@@ -186,6 +197,24 @@ impl Store {
         }
     }
 
+    /// The id window `[first, last]` that holds all of a session's events
+    /// (all ids for files older than schema version 3, which have no
+    /// windows but a per-row session index); an unknown session's window is
+    /// empty.
+    pub(super) fn session_window(&self, sref: i64) -> Result<(i64, i64), StoreError> {
+        if !self.windows {
+            return Ok((i64::MIN, i64::MAX));
+        }
+        self.conn
+            .prepare_cached("SELECT first_id, last_id FROM sessions WHERE id = ?1")
+            .and_then(|mut st| {
+                st.query_row([sref], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
+            .map(|w| w.unwrap_or((0, -1)))
+            .map_err(|e| self.sqlite("reading session window", e))
+    }
+
     fn ids(&self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<i64>, StoreError> {
         self.conn
             .prepare_cached(sql)
@@ -224,9 +253,11 @@ impl Store {
 
     /// Runs `q` with "ago" bounds counted from `now_ns`.
     ///
-    /// The query is split into sub-queries that each read one `(session,
-    /// kind)` index range in time order (or the table itself, which is in
-    /// time order), each limited to `limit`; their results are merged.
+    /// The table is in time order, so every query reads it newest first
+    /// and stops after `limit` matches: a session's query reads the id
+    /// window its events occupy; a conversation or tool call reads the
+    /// windows recorded for it (one sub-query per session it occurs in,
+    /// merged); a denial query reads the partial index of denials.
     pub fn query_at(&self, q: &Query, now_ns: i64) -> Result<Vec<Record>, StoreError> {
         let since = q.since.map(|t| t.resolve(now_ns));
         let until = q.until.map(|t| t.resolve(now_ns));
@@ -238,7 +269,10 @@ impl Store {
         };
         if let Some(s) = &q.session {
             match self.resolve_session_ref(s)? {
-                Some((id, _)) => base.session = SessionSel::Is(id),
+                Some((id, _)) => {
+                    base.session = SessionSel::Is(id);
+                    base.narrow(self.session_window(id)?);
+                }
                 None => return Ok(Vec::new()),
             }
         }
@@ -262,51 +296,22 @@ impl Store {
             scopes = scopes
                 .iter()
                 .flat_map(|sc| {
-                    spans.iter().filter_map(move |&(session, first, last)| {
-                        (sc.session == SessionSel::Any || sc.session == session).then_some(Scope {
-                            session,
-                            lo: Some(sc.lo.map_or(first, |lo| lo.max(first))),
-                            hi: Some(sc.hi.map_or(last + 1, |hi| hi.min(last + 1))),
-                            ..*sc
+                    spans
+                        .iter()
+                        .filter(move |&&(session, _, _)| {
+                            sc.session == SessionSel::Any || sc.session == session
                         })
-                    })
+                        .map(move |&(session, first, last)| {
+                            let mut n = Scope { session, ..*sc };
+                            n.narrow((first, last));
+                            n
+                        })
                 })
                 .collect();
         }
-        // Make every sub-query an index range in time order: a session
-        // without a kind reads each kind's range; a kind without a session
-        // reads each session's range.
-        let mut expanded = Vec::new();
-        for sc in scopes {
-            if sc.lo.zip(sc.hi).is_some_and(|(lo, hi)| lo >= hi) {
-                continue;
-            }
-            match (sc.session, sc.kind) {
-                (SessionSel::Any, Some(_)) => {
-                    let sessions = self.ids(
-                        "SELECT id FROM sessions WHERE last_ts >= ?1 AND first_ts < ?2",
-                        (since.unwrap_or(i64::MIN), until.unwrap_or(i64::MAX)),
-                    )?;
-                    expanded.extend(
-                        sessions
-                            .into_iter()
-                            .map(SessionSel::Is)
-                            .chain([SessionSel::Null])
-                            .map(|session| Scope { session, ..sc }),
-                    );
-                }
-                (SessionSel::Is(_) | SessionSel::Null, None) => {
-                    let kinds = self.ids("SELECT id FROM kinds", [])?;
-                    expanded.extend(kinds.into_iter().map(|k| Scope {
-                        kind: Some(k),
-                        ..sc
-                    }));
-                }
-                _ => expanded.push(sc),
-            }
-        }
+        scopes.retain(|sc| sc.lo.zip(sc.hi).is_none_or(|(lo, hi)| lo < hi));
         let mut out: Vec<(i64, Record)> = Vec::new();
-        for sc in &expanded {
+        for sc in &scopes {
             out.extend(self.run_scope(sc, q, since, until)?);
         }
         out.sort_unstable_by_key(|(id, _)| std::cmp::Reverse(*id));
@@ -341,17 +346,20 @@ impl Store {
         let session = q
             .session
             .as_ref()
-            .map(|s| SessionSel::Is(self.resolve_session_ref(s).unwrap().unwrap().0));
+            .map(|s| self.resolve_session_ref(s).unwrap().unwrap().0);
         let kind = q.kind.as_ref().map(|k| {
             self.ids("SELECT id FROM kinds WHERE name = ?1", [k])
                 .unwrap()[0]
         });
-        let sc = Scope {
-            session: session.unwrap_or(SessionSel::Any),
+        let mut sc = Scope {
+            session: session.map_or(SessionSel::Any, SessionSel::Is),
             kind,
             lo: since,
             hi: until.map(|u| u + KEY_SLACK_NS),
         };
+        if let Some(id) = session {
+            sc.narrow(self.session_window(id).unwrap());
+        }
         let (sql, params) = scope_sql(&sc, q, since, until);
         let mut st = self
             .conn
@@ -448,17 +456,21 @@ impl Store {
             return Ok(s);
         };
         let err = |e| self.sqlite("summarising session", e);
-        // Counts by kind and the id range come from the index alone.
+        let (lo, hi) = self.session_window(sref)?;
+        // Counts by kind and the id range, from the session's id window.
         let kinds: Vec<(String, i64, i64, i64)> = self
             .conn
             .prepare_cached(
                 "SELECT k.name, c.n, c.first, c.last FROM \
                  (SELECT kind, count(*) AS n, min(id) AS first, max(id) AS last FROM events \
-                  WHERE session = ?1 GROUP BY kind) c LEFT JOIN kinds k ON k.id = c.kind",
+                  WHERE id >= ?2 AND id <= ?3 AND session = ?1 GROUP BY kind) c \
+                 LEFT JOIN kinds k ON k.id = c.kind",
             )
             .and_then(|mut st| {
-                st.query_map([sref], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-                    .collect()
+                st.query_map((sref, lo, hi), |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?
+                .collect()
             })
             .map_err(err)?;
         let (mut first_id, mut last_id) = (i64::MAX, i64::MIN);
@@ -482,11 +494,11 @@ impl Store {
         let decisions: Vec<(String, i64)> = self
             .conn
             .prepare_cached(
-                "SELECT decision, count(*) FROM events \
-                 WHERE session = ?1 AND decision IS NOT NULL GROUP BY decision",
+                "SELECT decision, count(*) FROM events WHERE id >= ?2 AND id <= ?3 \
+                 AND session = ?1 AND decision IS NOT NULL GROUP BY decision",
             )
             .and_then(|mut st| {
-                st.query_map([sref], |r| Ok((r.get(0)?, r.get(1)?)))?
+                st.query_map((sref, first_id, last_id), |r| Ok((r.get(0)?, r.get(1)?)))?
                     .collect()
             })
             .map_err(err)?;

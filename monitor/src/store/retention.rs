@@ -215,10 +215,14 @@ impl RetentionRun {
                     store
                         .conn
                         .execute_batch(
+                            // Retention deletes the oldest events, so a
+                            // window that ends before the oldest event left
+                            // has no events (no per-row session index is
+                            // needed to tell).
                             "DELETE FROM spans WHERE last_id < \
                                  coalesce((SELECT min(id) FROM events), 9223372036854775807);
-                             DELETE FROM sessions WHERE NOT EXISTS \
-                                 (SELECT 1 FROM events WHERE events.session = sessions.id);",
+                             DELETE FROM sessions WHERE last_id < \
+                                 coalesce((SELECT min(id) FROM events), 9223372036854775807);",
                         )
                         .map_err(|e| store.sqlite("pruning sessions", e))?;
                     store.forget_interned();

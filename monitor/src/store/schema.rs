@@ -8,16 +8,19 @@
 use rusqlite::Connection;
 
 /// The schema version this build writes.
-pub const CURRENT_VERSION: i64 = 2;
+pub const CURRENT_VERSION: i64 = 3;
 
 /// The oldest version this build can query without migrating it: versions
-/// 1 and 2 have the same tables and differ only in indexes, so a read-only
-/// open (`agentmon events`) of a version 1 file works before a daemon has
-/// migrated it.
+/// 1 and 2 differ from 3 in indexes and in the session id windows, which
+/// queries use only from version 3 on ([`WINDOWS_FROM`]); so a read-only open
+/// (`agentmon events`) of an older file works before a daemon migrated it.
 pub const OLDEST_READABLE: i64 = 1;
 
+/// The first version whose `sessions` rows carry `first_id`/`last_id`.
+pub const WINDOWS_FROM: i64 = 3;
+
 /// `(version, SQL)`; applied in order, each inside the opening transaction.
-const MIGRATIONS: &[(i64, &str)] = &[(1, V1), (2, V2)];
+const MIGRATIONS: &[(i64, &str)] = &[(1, V1), (2, V2), (3, V3)];
 
 /// Version 1, laid out for insert speed (see README.md):
 /// - `events.id` is the event time in Unix nanoseconds, bumped by a few
@@ -78,12 +81,32 @@ CREATE INDEX events_session_decision ON events (session, decision) WHERE decisio
 /// inserts per event (~40% of the writer's instructions per row, measured
 /// with callgrind). `--decision denied|would_deny` reads the new index
 /// (the query repeats its `IN` term, see `query.rs`); `--decision allowed`
-/// matches most rows and reads the table in time order; session summaries
-/// count decisions through `events_session_kind`.
+/// matches most rows and reads the table in time order.
 const V2: &str = "
 DROP INDEX events_decision;
 DROP INDEX events_session_decision;
 CREATE INDEX events_decision ON events (decision) WHERE decision IN ('denied', 'would_deny');
+";
+
+/// Version 3: no per-row session index. `events_session_kind` was the
+/// writer's largest cost after the row itself: with a few concurrent
+/// sessions and ten kinds its entries go to hundreds of places in the
+/// b-tree, and each batch dirtied and logged (WAL) one index page per place.
+/// Dropping it took the writer from 2.35 to 1.5 s of user CPU per million
+/// rows (`cargo bench -p monitor --bench store -- max`; an index on `kind`
+/// alone still cost 2.1 s). Instead each session row keeps the id window
+/// its events occupy (kept per batch by the writer, like `spans`), and a
+/// session query reads that window of the table in time order. Records
+/// without a session (loss counters, daemon notices) are few and keep a
+/// partial index, which `agentmon summary` uses to find loss records.
+const V3: &str = "
+ALTER TABLE sessions ADD COLUMN first_id INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE sessions ADD COLUMN last_id INTEGER NOT NULL DEFAULT 0;
+UPDATE sessions SET
+    first_id = coalesce((SELECT min(id) FROM events WHERE events.session = sessions.id), first_ts),
+    last_id = coalesce((SELECT max(id) FROM events WHERE events.session = sessions.id), last_ts);
+DROP INDEX events_session_kind;
+CREATE INDEX events_sessionless ON events (kind) WHERE session IS NULL;
 ";
 
 /// The `WHERE` term of the version 2 `events_decision` index; a query must

@@ -106,6 +106,7 @@ impl Store {
             .prepare_cached("SELECT first_ts, last_ts FROM sessions WHERE id = ?1")
             .and_then(|mut st| st.query_row([sref], |r| Ok((r.get(0)?, r.get(1)?))))
             .map_err(err)?;
+        let (lo, hi) = self.session_window(sref)?;
         let mut rep = SessionReport {
             session_id: name,
             first_time: Some(format_time(first_ts)),
@@ -116,11 +117,12 @@ impl Store {
             .conn
             .prepare_cached(
                 "SELECT k.name, e.decision, count(*) FROM events e \
-                 LEFT JOIN kinds k ON k.id = e.kind WHERE e.session = ?1 \
+                 LEFT JOIN kinds k ON k.id = e.kind \
+                 WHERE e.id >= ?2 AND e.id <= ?3 AND e.session = ?1 \
                  GROUP BY e.kind, e.decision",
             )
             .and_then(|mut st| {
-                st.query_map([sref], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                st.query_map((sref, lo, hi), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                     .collect()
             })
             .map_err(err)?;
@@ -168,12 +170,14 @@ impl Store {
             .conn
             .prepare_cached(
                 "SELECT DISTINCT e.subject FROM events e JOIN kinds k ON k.id = e.kind \
-                 WHERE e.session = ?1 AND k.name = 'dns' AND e.subject IS NOT NULL \
-                 ORDER BY e.subject LIMIT ?2",
+                 WHERE e.id >= ?3 AND e.id <= ?4 AND e.session = ?1 AND k.name = 'dns' \
+                 AND e.subject IS NOT NULL ORDER BY e.subject LIMIT ?2",
             )
             .and_then(|mut st| {
-                st.query_map(rusqlite::params![sref, MAX_NAMES as i64], |r| r.get(0))?
-                    .collect()
+                st.query_map(rusqlite::params![sref, MAX_NAMES as i64, lo, hi], |r| {
+                    r.get(0)
+                })?
+                .collect()
             })
             .map_err(err)?;
         Ok(Some(rep))
@@ -192,8 +196,8 @@ impl Store {
         else {
             return Ok(BTreeMap::new());
         };
-        // Loss records carry no session: the (session, kind) index finds
-        // them, in id (time) order.
+        // Loss records carry no session: the partial index of records
+        // without one finds them, in id (time) order.
         let last_before = |ts: i64| -> Result<Option<String>, StoreError> {
             self.conn
                 .prepare_cached(

@@ -184,8 +184,9 @@ fn every_filter_alone_and_in_every_combination() {
     assert_eq!(all, data.len());
 }
 
-/// The performance design rests on these plans: every sub-query reads an
-/// index range (or the table) already in time order, with no sort step.
+/// The performance design rests on these plans: every sub-query reads the
+/// table (a session: its id window) or an index already in time order, with
+/// no sort step.
 #[test]
 fn sub_queries_read_indexes_in_time_order() {
     let dir = tmp();
@@ -199,9 +200,11 @@ fn sub_queries_read_indexes_in_time_order() {
         limit: 100,
         ..Query::default()
     };
+    const WINDOW: &str = "USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)";
     for (query, index) in [
-        (q(true, true, false, false), Some("events_session_kind")),
-        (q(true, true, true, true), Some("events_session_kind")),
+        (q(true, true, false, false), Some(WINDOW)),
+        (q(true, false, false, false), Some(WINDOW)),
+        (q(true, true, true, true), Some("events_decision")),
         (q(false, false, true, false), Some("events_decision")),
         (q(false, false, false, true), None),
         (q(false, false, false, false), None),
@@ -396,13 +399,29 @@ fn retention_by_age_deletes_old_keeps_new() {
         r.session_id = Some("new".into());
         batch.push(r);
     }
+    // A session that began before the cut and goes on after it keeps its
+    // session row and its newer events.
+    for ts in [now - 9 * day, now - day / 4, now - day / 4 + 1] {
+        let mut r = rec(ts, "exec");
+        r.session_id = Some("long".into());
+        batch.push(r);
+    }
     s.insert_batch(&batch).unwrap();
     let report = s.enforce_retention().unwrap();
-    assert_eq!(report.deleted_by_age, retention::CHUNK as u64 + 500);
+    assert_eq!(report.deleted_by_age, retention::CHUNK as u64 + 501);
     assert_eq!(report.deleted_by_size, 0);
     let left = s.query(&Query::default()).unwrap();
-    assert_eq!(left.len(), 300);
-    assert!(left.iter().all(|r| r.session_id.as_deref() == Some("new")));
+    assert_eq!(left.len(), 302);
+    assert!(left
+        .iter()
+        .all(|r| matches!(r.session_id.as_deref(), Some("new" | "long"))));
+    let long = s
+        .query(&Query {
+            session: Some("long".into()),
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!(long.len(), 2, "{long:?}");
     // The old session is gone from the session table too.
     assert_eq!(s.resolve_session("old").unwrap(), "old");
     assert!(s
@@ -819,43 +838,76 @@ fn older_schema_is_migrated_when_opened_for_writing() {
     s.insert_batch(&[rec(1, "exec")]).unwrap();
 }
 
-/// Version 1 differs from 2 only in its decision indexes: a version 1 file
-/// can be queried read-only as it is, and opening it for writing moves it
-/// to version 2 with the same rows and the same answers.
+/// A version 1 file (the same tables without session id windows, other
+/// indexes) can be queried read-only as it is, and opening it for writing
+/// migrates it through 2 to the current version with the same rows and the
+/// same answers, session windows filled in from the rows.
 #[test]
-fn version_1_is_readable_and_migrated_to_2() {
+fn version_1_is_readable_and_migrated_to_current() {
     let dir = tmp();
     let path = dir.path().join("events.db");
+    // The rows, written by this build into a scratch file, then copied into
+    // a file laid out as version 1.
+    let scratch = dir.path().join("scratch.db");
+    Store::open(&scratch, no_retention())
+        .unwrap()
+        .insert_batch(&dataset())
+        .unwrap();
     {
         let mut c = rusqlite::Connection::open(&path).unwrap();
         super::schema::migrate_up_to(&mut c, 0, 1, 0).unwrap();
-    }
-    {
-        let mut s = Store::open(&path, no_retention()).unwrap();
-        // Rows written through a version 1 layout: put the indexes back.
-        s.conn
-            .execute_batch(
-                "DROP INDEX events_decision;
-                 CREATE INDEX events_decision ON events (decision) WHERE decision IS NOT NULL;
-                 CREATE INDEX events_session_decision ON events (session, decision) WHERE decision IS NOT NULL;
-                 DELETE FROM schema_version WHERE version = 2;",
-            )
+        c.execute("ATTACH ?1 AS scratch", [scratch.to_str().unwrap()])
             .unwrap();
-        s.insert_batch(&dataset()).unwrap();
+        c.execute_batch(
+            "INSERT INTO kinds SELECT * FROM scratch.kinds;
+             INSERT INTO sessions SELECT id, name, first_ts, last_ts FROM scratch.sessions;
+             INSERT INTO spans SELECT * FROM scratch.spans;
+             INSERT INTO events SELECT * FROM scratch.events;",
+        )
+        .unwrap();
     }
-    let q = Query {
-        decision: Some("denied".into()),
-        limit: 0,
-        ..Query::default()
-    };
+    let queries = [
+        Query {
+            decision: Some("denied".into()),
+            limit: 0,
+            ..Query::default()
+        },
+        Query {
+            session: Some("sess-a".into()),
+            kind: Some("exec".into()),
+            limit: 7,
+            ..Query::default()
+        },
+        Query {
+            session: Some("sess-b".into()),
+            conversation: Some("conv-1".into()),
+            limit: 0,
+            ..Query::default()
+        },
+    ];
     let v1 = Store::open_read_only(&path).unwrap();
     assert_eq!(v1.schema_version().unwrap(), 1);
-    let before = v1.query_at(&q, 0).unwrap();
-    assert!(!before.is_empty());
+    let before: Vec<Vec<Record>> = queries.iter().map(|q| v1.query_at(q, 0).unwrap()).collect();
+    assert!(before.iter().all(|r| !r.is_empty()), "{before:?}");
+    let summary_before = v1.session_summary("sess-a").unwrap();
     drop(v1);
     let s = Store::open(&path, no_retention()).unwrap();
     assert_eq!(s.schema_version().unwrap(), CURRENT_VERSION);
-    assert_eq!(s.query_at(&q, 0).unwrap(), before);
+    for (q, want) in queries.iter().zip(&before) {
+        assert_eq!(&s.query_at(q, 0).unwrap(), want, "{q:?}");
+    }
+    assert_eq!(s.session_summary("sess-a").unwrap(), summary_before);
+    // The windows came from the rows, not from the session times.
+    let (sref, _) = s.resolve_session_ref("sess-a").unwrap().unwrap();
+    let window: (i64, i64) = s
+        .conn
+        .query_row(
+            "SELECT min(id), max(id) FROM events WHERE session = ?1",
+            [sref],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(s.session_window(sref).unwrap(), window);
     let indexes: Vec<String> = s
         .conn
         .prepare(
@@ -871,6 +923,7 @@ fn version_1_is_readable_and_migrated_to_2() {
         indexes[0].contains("IN ('denied', 'would_deny')"),
         "{indexes:?}"
     );
+    assert!(indexes[1].contains("WHERE session IS NULL"), "{indexes:?}");
 }
 
 #[test]
