@@ -11,7 +11,9 @@
 //!
 //! Environment: `STORE_BENCH_RATE` (default 250000), `STORE_BENCH_SECS`
 //! (default 5), `STORE_BENCH_ROWS` (query store size, default 1000000),
-//! `STORE_BENCH_BATCH` (writer batch_max, default 4096).
+//! `STORE_BENCH_BATCH` (writer batch_max, default 4096),
+//! `STORE_BENCH_MAX_BYTES` and `STORE_BENCH_CHECK_SECS` (retention budget
+//! and pass interval, defaults 1 GiB and 60 s).
 
 use std::{
     hint::black_box,
@@ -166,7 +168,16 @@ fn fresh_store(dir: &Path) -> Store {
     let _ = std::fs::remove_file(dir.join("events.db"));
     let _ = std::fs::remove_file(dir.join("events.db-wal"));
     let _ = std::fs::remove_file(dir.join("events.db-shm"));
-    Store::open(dir.join("events.db"), RetentionConfig::default()).expect("open store")
+    let d = RetentionConfig::default();
+    let retention = RetentionConfig {
+        max_bytes: env_num("STORE_BENCH_MAX_BYTES", d.max_bytes),
+        check_interval: Duration::from_secs(env_num(
+            "STORE_BENCH_CHECK_SECS",
+            d.check_interval.as_secs(),
+        )),
+        ..d
+    };
+    Store::open(dir.join("events.db"), retention).expect("open store")
 }
 
 /// Offers `rate` records/s for `secs` seconds with `try_send`.
