@@ -199,7 +199,7 @@ pub fn enrich<'a>(
 /// event itself; the payload is serialized into the row on packing.
 pub fn store_row<'r>(r: &'r Enriched<'_>) -> crate::store::RecordRef<'r, Enriched<'r>> {
     let c = r.event.common();
-    let hex = |x: u64| format!("{x:016x}");
+    let hex = crate::event::hex_string;
     let (subject, ppid, parent) = match r.event {
         Event::Exec(e) => (
             Some(e.filename.clone()),
