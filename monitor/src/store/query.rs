@@ -246,6 +246,42 @@ impl Store {
             .map_err(|e| self.sqlite("querying spans", e))
     }
 
+    /// The scope of `q`'s session and kind filters and time bounds (the
+    /// session narrowed to its id window); `None` when the session or kind
+    /// is unknown, so nothing can match.
+    fn base_scope(
+        &self,
+        q: &Query,
+        since: Option<i64>,
+        until: Option<i64>,
+    ) -> Result<Option<Scope>, StoreError> {
+        let mut base = Scope {
+            session: SessionSel::Any,
+            kind: None,
+            lo: since,
+            hi: until.map(|u| u.saturating_add(KEY_SLACK_NS)),
+        };
+        if let Some(s) = &q.session {
+            match self.resolve_session_ref(s)? {
+                Some((id, _)) => {
+                    base.session = SessionSel::Is(id);
+                    base.narrow(self.session_window(id)?);
+                }
+                None => return Ok(None),
+            }
+        }
+        if let Some(k) = &q.kind {
+            match self
+                .ids("SELECT id FROM kinds WHERE name = ?1", [k])?
+                .first()
+            {
+                Some(&id) => base.kind = Some(id),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(base))
+    }
+
     /// Runs `q` with "ago" bounds counted from now.
     pub fn query(&self, q: &Query) -> Result<Vec<Record>, StoreError> {
         self.query_at(q, now_unix_ns())
@@ -261,30 +297,9 @@ impl Store {
     pub fn query_at(&self, q: &Query, now_ns: i64) -> Result<Vec<Record>, StoreError> {
         let since = q.since.map(|t| t.resolve(now_ns));
         let until = q.until.map(|t| t.resolve(now_ns));
-        let mut base = Scope {
-            session: SessionSel::Any,
-            kind: None,
-            lo: since,
-            hi: until.map(|u| u.saturating_add(KEY_SLACK_NS)),
+        let Some(base) = self.base_scope(q, since, until)? else {
+            return Ok(Vec::new());
         };
-        if let Some(s) = &q.session {
-            match self.resolve_session_ref(s)? {
-                Some((id, _)) => {
-                    base.session = SessionSel::Is(id);
-                    base.narrow(self.session_window(id)?);
-                }
-                None => return Ok(Vec::new()),
-            }
-        }
-        if let Some(k) = &q.kind {
-            match self
-                .ids("SELECT id FROM kinds WHERE name = ?1", [k])?
-                .first()
-            {
-                Some(&id) => base.kind = Some(id),
-                None => return Ok(Vec::new()),
-            }
-        }
         let mut scopes = vec![base];
         // Narrow to where the conversation / call occurs.
         for (what, name) in [
@@ -343,23 +358,10 @@ impl Store {
     pub(crate) fn plans(&self, q: &Query, now_ns: i64) -> Vec<String> {
         let since = q.since.map(|t| t.resolve(now_ns));
         let until = q.until.map(|t| t.resolve(now_ns));
-        let session = q
-            .session
-            .as_ref()
-            .map(|s| self.resolve_session_ref(s).unwrap().unwrap().0);
-        let kind = q.kind.as_ref().map(|k| {
-            self.ids("SELECT id FROM kinds WHERE name = ?1", [k])
-                .unwrap()[0]
-        });
-        let mut sc = Scope {
-            session: session.map_or(SessionSel::Any, SessionSel::Is),
-            kind,
-            lo: since,
-            hi: until.map(|u| u + KEY_SLACK_NS),
-        };
-        if let Some(id) = session {
-            sc.narrow(self.session_window(id).unwrap());
-        }
+        let sc = self
+            .base_scope(q, since, until)
+            .unwrap()
+            .expect("a known session and kind");
         let (sql, params) = scope_sql(&sc, q, since, until);
         let mut st = self
             .conn
