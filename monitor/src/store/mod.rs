@@ -30,7 +30,7 @@ use std::{
 pub use error::{RecordError, StoreError};
 pub use query::{Query, Summary, TimeBound, TimeBoundError};
 use record::Field;
-pub use record::{short_session, Packed, Record, RecordRef, ToPacked, DECISIONS};
+pub use record::{short_session, Packed, Record, RecordRef, ToPacked, DECISIONS, LEAN_KEYS};
 pub use retention::{RetentionConfig, RetentionReport};
 use rusqlite::{
     types::{ToSqlOutput, ValueRef},
@@ -363,9 +363,14 @@ impl Store {
                     ),
                     None => None,
                 };
-                let payload = ToSqlOutput::Borrowed(ValueRef::Text(
-                    r.get(Field::Payload).unwrap_or("null").as_bytes(),
-                ));
+                // A lean payload is stored as a BLOB, a whole one as TEXT:
+                // the storage class tells queries which keys to restore.
+                let text = r.get(Field::Payload).unwrap_or("null").as_bytes();
+                let payload = ToSqlOutput::Borrowed(if r.lean {
+                    ValueRef::Blob(text)
+                } else {
+                    ValueRef::Text(text)
+                });
                 let mut id = r.ts_unix_ns;
                 let mut probes = 0;
                 let res = loop {

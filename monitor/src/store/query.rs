@@ -2,7 +2,10 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use rusqlite::{types::Value as SqlValue, OptionalExtension, Row};
+use rusqlite::{
+    types::{Value as SqlValue, ValueRef},
+    OptionalExtension, Row,
+};
 use serde::Serialize;
 
 use super::{now_unix_ns, Record, Store, StoreError};
@@ -95,28 +98,50 @@ const SELECT: &str = "SELECT e.id, e.ts, k.name, s.name, e.conversation_id, e.ca
      FROM events e LEFT JOIN kinds k ON k.id = e.kind LEFT JOIN sessions s ON s.id = e.session";
 
 fn record_from_row(row: &Row<'_>) -> rusqlite::Result<(i64, Record)> {
-    let payload: String = row.get(14)?;
-    Ok((
-        row.get(0)?,
-        Record {
-            ts_unix_ns: row.get(1)?,
-            kind: row.get(2)?,
-            session_id: row.get(3)?,
-            conversation_id: row.get(4)?,
-            call_id: row.get(5)?,
-            pid: row.get(6)?,
-            ppid: row.get(7)?,
-            uid: row.get(8)?,
-            exec_id: row.get(9)?,
-            parent_exec_id: row.get(10)?,
-            decision: row.get(11)?,
-            rule: row.get(12)?,
-            subject: row.get(13)?,
-            // The writer only stores serde_json output; should a row be
-            // damaged anyway, show its raw text rather than hide the event.
-            payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload)),
-        },
-    ))
+    let (payload, lean) = match row.get_ref(14)? {
+        ValueRef::Blob(b) => (String::from_utf8_lossy(b).into_owned(), true),
+        _ => (row.get::<_, String>(14)?, false),
+    };
+    let mut r = Record {
+        ts_unix_ns: row.get(1)?,
+        kind: row.get(2)?,
+        session_id: row.get(3)?,
+        conversation_id: row.get(4)?,
+        call_id: row.get(5)?,
+        pid: row.get(6)?,
+        ppid: row.get(7)?,
+        uid: row.get(8)?,
+        exec_id: row.get(9)?,
+        parent_exec_id: row.get(10)?,
+        decision: row.get(11)?,
+        rule: row.get(12)?,
+        subject: row.get(13)?,
+        // The writer only stores serde_json output; should a row be
+        // damaged anyway, show its raw text rather than hide the event.
+        payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload)),
+    };
+    if lean {
+        restore_lean_keys(&mut r);
+    }
+    Ok((row.get(0)?, r))
+}
+
+/// Puts back into a lean row's payload the [`super::LEAN_KEYS`] its
+/// columns hold.
+fn restore_lean_keys(r: &mut Record) {
+    let serde_json::Value::Object(m) = &mut r.payload else {
+        return;
+    };
+    let text = |v: &Option<String>| v.clone().map_or(serde_json::Value::Null, Into::into);
+    m.entry("ts_unix_ns").or_insert(r.ts_unix_ns.into());
+    m.entry("session_id").or_insert_with(|| text(&r.session_id));
+    m.entry("conversation_id")
+        .or_insert_with(|| text(&r.conversation_id));
+    m.entry("call_id").or_insert_with(|| text(&r.call_id));
+    if let Some(p) = &r.parent_exec_id {
+        m.entry("parent_exec_id")
+            .or_insert_with(|| p.clone().into());
+    }
 }
 
 /// Which sessions a sub-query covers.

@@ -128,7 +128,23 @@ pub struct Packed {
     /// End offset of each field in `text`.
     ends: [u32; FIELDS],
     text: String,
+    /// The payload leaves out what the columns hold ([`LEAN_KEYS`]).
+    pub(crate) lean: bool,
 }
+
+/// The payload keys a lean row leaves to its columns: `ts_unix_ns` (the
+/// `ts` column), `session_id` (the session's name), `conversation_id`,
+/// `call_id` (JSON null when the column is NULL) and `parent_exec_id` (only
+/// when the column is set and the payload has no such key, as an exec's
+/// payload does). A query puts them back, so a lean row reads the same as a
+/// whole one.
+pub const LEAN_KEYS: [&str; 5] = [
+    "ts_unix_ns",
+    "session_id",
+    "conversation_id",
+    "call_id",
+    "parent_exec_id",
+];
 
 /// A record whose payload is borrowed: what a producer that still needs
 /// the payload for other sinks hands to the writer (the daemon's pipeline),
@@ -227,7 +243,20 @@ impl Packed {
             present,
             ends,
             text,
+            lean: false,
         })
+    }
+
+    /// [`Packed::with_payload`] for a lean row: `payload` leaves out the
+    /// [`LEAN_KEYS`], whose values must be exactly the columns' (queries
+    /// restore them from the columns).
+    pub fn with_lean_payload<P: Serialize + ?Sized>(
+        r: &Record,
+        payload: &P,
+    ) -> Result<Packed, RecordError> {
+        let mut p = Self::with_payload(r, payload)?;
+        p.lean = true;
+        Ok(p)
     }
 
     pub(crate) fn get(&self, f: Field) -> Option<&str> {

@@ -8,19 +8,20 @@
 use rusqlite::Connection;
 
 /// The schema version this build writes.
-pub const CURRENT_VERSION: i64 = 3;
+pub const CURRENT_VERSION: i64 = 4;
 
 /// The oldest version this build can query without migrating it: versions
 /// 1 and 2 differ from 3 in indexes and in the session id windows, which
-/// queries use only from version 3 on ([`WINDOWS_FROM`]); so a read-only open
-/// (`agentmon events`) of an older file works before a daemon migrated it.
+/// queries use only from version 3 on ([`WINDOWS_FROM`]), and 3 from 4 only
+/// in having no lean rows; so a read-only open (`agentmon events`) of an
+/// older file works before a daemon migrated it.
 pub const OLDEST_READABLE: i64 = 1;
 
 /// The first version whose `sessions` rows carry `first_id`/`last_id`.
 pub const WINDOWS_FROM: i64 = 3;
 
 /// `(version, SQL)`; applied in order, each inside the opening transaction.
-const MIGRATIONS: &[(i64, &str)] = &[(1, V1), (2, V2), (3, V3)];
+const MIGRATIONS: &[(i64, &str)] = &[(1, V1), (2, V2), (3, V3), (4, V4)];
 
 /// Version 1, laid out for insert speed (see README.md):
 /// - `events.id` is the event time in Unix nanoseconds, bumped by a few
@@ -108,6 +109,16 @@ UPDATE sessions SET
 DROP INDEX events_session_kind;
 CREATE INDEX events_sessionless ON events (kind) WHERE session IS NULL;
 ";
+
+/// Version 4: lean rows. The daemon's kernel events leave out of their
+/// payload the keys whose values the row's columns already hold
+/// (`record::LEAN_KEYS`: the time, session, conversation and call ids, the
+/// parent exec id), about a third of a file open's bytes; such a payload is
+/// stored as a BLOB (JSON text all the same), a whole one as TEXT, and
+/// queries restore the keys of BLOB payloads. Nothing on disk changes; the
+/// version is recorded so that an older agentmon, which reads every payload
+/// as TEXT, refuses the file instead of failing on its rows.
+const V4: &str = "-- lean rows: payload BLOB = JSON without the keys the columns hold";
 
 /// The `WHERE` term of the version 2 `events_decision` index; a query must
 /// contain it verbatim for SQLite to use that partial index.

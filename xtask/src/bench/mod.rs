@@ -65,6 +65,11 @@ pub struct BenchArgs {
     /// open()+close() pairs per run in the guest (emulated: keep it modest).
     #[arg(long)]
     vm_opens: Option<u64>,
+    /// Benchmark this `agentmon` binary instead of building one (an older
+    /// build, for an A/B comparison). The VM rows still use the guest's
+    /// own build.
+    #[arg(long, value_name = "PATH")]
+    agentmon: Option<PathBuf>,
 }
 
 pub const SECTIONS: [&str; 5] = ["open", "storm", "throughput", "workload", "rss"];
@@ -174,7 +179,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         bench: true,
         package: false,
     })?;
-    let bin = build::all(true)?;
+    let bin = match &args.agentmon {
+        Some(p) if p.is_file() => p.canonicalize()?,
+        Some(p) => bail!("--agentmon {}: no such file", p.display()),
+        None => build::all(true)?,
+    };
     let vm = if args.no_vm {
         Err("--no-vm".to_string())
     } else if !wants("open") {
