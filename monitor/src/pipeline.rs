@@ -116,14 +116,14 @@ pub struct Enriched<'a> {
     pub event: &'a Event,
     pub ts_unix_ns: i64,
     pub session_id: Option<&'a str>,
-    pub conversation_id: Option<String>,
-    pub call_id: Option<String>,
+    pub conversation_id: Option<&'a str>,
+    pub call_id: Option<&'a str>,
     /// The exec that started this record's process image (events other
     /// than exec, when the image is known).
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "opt_hex_id")]
     pub parent_exec_id: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub process_filename: Option<String>,
+    pub process_filename: Option<&'a str>,
     #[serde(flatten)]
     pub naming: Option<Naming>,
 }
@@ -151,10 +151,11 @@ impl Enriched<'_> {
     }
 }
 
-/// Builds the exported record of `ev` and updates the cache.
+/// Builds the exported record of `ev` and updates the cache. The record
+/// borrows its ids and names from `ev`, the cache and the session.
 pub fn enrich<'a>(
     ev: &'a Event,
-    cache: &mut ProcCache,
+    cache: &'a mut ProcCache,
     session: Option<SessionView<'a>>,
     clock: &Clock,
     naming: Option<Naming>,
@@ -172,22 +173,21 @@ pub fn enrich<'a>(
             },
         );
     }
+    let cache: &'a ProcCache = cache;
     let info = cache.get(c.exec_id);
-    let conversation = info.and_then(|i| i.conversation_id.clone()).or_else(|| {
-        session
-            .as_ref()
-            .and_then(|s| s.conversation_id.map(str::to_string))
-    });
+    let conversation = info
+        .and_then(|i| i.conversation_id.as_deref())
+        .or_else(|| session.as_ref().and_then(|s| s.conversation_id));
     let (parent_exec_id, process_filename) = match (ev, info) {
         (Event::Exec(_), _) | (_, None) => (None, None),
-        (_, Some(i)) => (Some(i.parent_exec_id), Some(i.filename.clone())),
+        (_, Some(i)) => (Some(i.parent_exec_id), Some(i.filename.as_str())),
     };
     Enriched {
         event: ev,
         ts_unix_ns: clock.unix_ns(c.ts_boot_ns),
         session_id: session.map(|s| s.id),
         conversation_id: conversation,
-        call_id: info.and_then(|i| i.call_id.clone()),
+        call_id: info.and_then(|i| i.call_id.as_deref()),
         parent_exec_id,
         process_filename,
         naming,
@@ -198,57 +198,79 @@ pub fn enrich<'a>(
 /// [`to_store_record`] pulls out of the record's JSON, taken from the
 /// event itself; the payload is serialized into the row on packing.
 pub fn store_row<'r>(r: &'r Enriched<'r>) -> StoreRow<'r> {
-    let c = r.event.common();
-    let hex = crate::event::hex_string;
-    let (subject, ppid, parent) = match r.event {
-        Event::Exec(e) => (
-            Some(e.filename.clone()),
-            Some(e.ppid),
-            Some(hex(e.parent_exec_id)),
-        ),
-        Event::FileOpen(f) => (Some(f.path.clone()), None, None),
-        Event::FileOp(f) => (Some(f.path.clone()), None, None),
-        Event::NetConnect(n) => (Some(net_subject(&n.address, n.port)), None, None),
-        Event::Dns(d) => (Some(d.name.clone()), None, None),
-        Event::Fork(_) | Event::Exit(_) | Event::Policy(_) => (None, None, None),
+    let hex = crate::event::hex16;
+    let parent = match r.event {
+        Event::Exec(e) => Some(e.parent_exec_id),
+        _ => r.parent_exec_id,
     };
-    let decision = match r.event {
-        Event::Dns(_) => None,
-        _ => Some(r.decision().unwrap_or("allowed").to_string()),
-    };
-    let mut row = crate::store::Record::new(r.ts_unix_ns, r.event.kind_name(), Value::Null);
-    row.session_id = r.session_id.map(str::to_string);
-    row.conversation_id = r.conversation_id.clone();
-    row.call_id = r.call_id.clone();
-    row.pid = Some(c.tgid);
-    row.ppid = ppid;
-    row.uid = Some(c.uid);
-    row.exec_id = Some(hex(c.exec_id));
-    row.parent_exec_id = parent.or_else(|| r.parent_exec_id.map(hex));
-    row.decision = decision;
-    row.rule = r.naming.as_ref().and_then(|n| n.rule.clone());
-    row.subject = subject;
     StoreRow {
-        columns: row,
         record: r,
+        exec_id: hex(r.event.common().exec_id),
+        parent_exec_id: parent.map(hex),
+        net_subject: match r.event {
+            Event::NetConnect(n) => Some(net_subject(&n.address, n.port)),
+            _ => None,
+        },
     }
 }
 
-/// A typed record's row in the local store: its columns, and as payload the
-/// record without the keys those columns hold ([`LeanPayload`]).
+/// A typed record's row in the local store: its columns, borrowed from the
+/// record (the ids hex-encoded here), and as payload the record without the
+/// keys those columns hold ([`LeanPayload`]). Packing copies them into the
+/// row's one buffer; no owned [`crate::store::Record`] is built.
 #[derive(Debug)]
 pub struct StoreRow<'r> {
-    pub columns: crate::store::Record,
     record: &'r Enriched<'r>,
+    exec_id: [u8; 16],
+    parent_exec_id: Option<[u8; 16]>,
+    net_subject: Option<String>,
+}
+
+impl StoreRow<'_> {
+    /// The row's columns.
+    pub fn columns(&self) -> crate::store::Columns<'_> {
+        let r = self.record;
+        let c = r.event.common();
+        // hex16 writes ASCII digits only.
+        fn hex(h: &[u8; 16]) -> Option<&str> {
+            std::str::from_utf8(h).ok()
+        }
+        let (subject, ppid) = match r.event {
+            Event::Exec(e) => (Some(e.filename.as_str()), Some(e.ppid)),
+            Event::FileOpen(f) => (Some(f.path.as_str()), None),
+            Event::FileOp(f) => (Some(f.path.as_str()), None),
+            Event::NetConnect(_) => (self.net_subject.as_deref(), None),
+            Event::Dns(d) => (Some(d.name.as_str()), None),
+            Event::Fork(_) | Event::Exit(_) | Event::Policy(_) => (None, None),
+        };
+        crate::store::Columns {
+            ts_unix_ns: r.ts_unix_ns,
+            kind: r.event.kind_name(),
+            session_id: r.session_id,
+            conversation_id: r.conversation_id,
+            call_id: r.call_id,
+            pid: Some(c.tgid),
+            ppid,
+            uid: Some(c.uid),
+            exec_id: hex(&self.exec_id),
+            parent_exec_id: self.parent_exec_id.as_ref().and_then(hex),
+            decision: match r.event {
+                Event::Dns(_) => None,
+                _ => Some(r.decision().unwrap_or("allowed")),
+            },
+            rule: r.naming.as_ref().and_then(|n| n.rule.as_deref()),
+            subject,
+        }
+    }
 }
 
 impl crate::store::ToPacked for StoreRow<'_> {
     fn to_packed(&self) -> Result<crate::store::Packed, crate::store::RecordError> {
-        crate::store::Packed::with_lean_payload(&self.columns, &LeanPayload::of(self.record))
+        crate::store::Packed::from_columns(&self.columns(), &LeanPayload::of(self.record), true)
     }
 
     fn kind(&self) -> &str {
-        &self.columns.kind
+        self.record.event.kind_name()
     }
 }
 
@@ -270,7 +292,7 @@ impl<'a> LeanPayload<'a> {
     pub fn of(r: &'a Enriched<'a>) -> Self {
         LeanPayload {
             event: r.event,
-            process_filename: r.process_filename.as_deref(),
+            process_filename: r.process_filename,
             naming: &r.naming,
         }
     }
@@ -535,8 +557,16 @@ mod tests {
                     id: "s1",
                     conversation_id: None,
                 };
+                // The cache as the record sees it (an exec updates it).
+                let info = {
+                    let mut after = ProcCache::new(10);
+                    if let Some(i) = cache.get(0xabc) {
+                        after.insert(0xabc, i.clone());
+                    }
+                    let _ = enrich(&ev, &mut after, None, &clock, None);
+                    after.get(0xabc).cloned()
+                };
                 let typed = enrich(&ev, &mut cache, Some(view), &clock, naming.clone());
-                let info = cache.get(0xabc).cloned();
                 let want = reference_record(&ev, info.as_ref(), "s1", 105, naming.as_ref());
                 assert_eq!(typed.to_value(), want, "{}", ev.kind_name());
                 let text = serde_json::to_string(&typed).unwrap();
@@ -547,7 +577,12 @@ mod tests {
                 );
                 let row = store_row(&typed);
                 let tree_row = to_store_record(&want);
-                assert_eq!(row.columns, tree_row.columns, "{}", ev.kind_name());
+                assert_eq!(
+                    row.columns(),
+                    tree_row.columns.columns(),
+                    "{}",
+                    ev.kind_name()
+                );
                 let (a, b) = (row.to_packed().unwrap(), tree_row.to_packed().unwrap());
                 assert_eq!(a.kind(), b.kind());
                 // The lean row reads back as the whole record.
@@ -590,7 +625,8 @@ mod tests {
         };
         let ev = decode(&encode::file_open(h, b"/etc/hosts", 3, 0)).unwrap();
         let clock = Clock { offset_ns: 100 };
-        let typed = enrich(&ev, &mut ProcCache::new(4), None, &clock, None);
+        let mut cache = ProcCache::new(4);
+        let typed = enrich(&ev, &mut cache, None, &clock, None);
         let want = typed.to_value();
         assert_eq!(want["session_id"], Value::Null);
         assert!(want.get("parent_exec_id").is_none());

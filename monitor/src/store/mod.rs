@@ -30,7 +30,9 @@ use std::{
 pub use error::{RecordError, StoreError};
 pub use query::{Query, Summary, TimeBound, TimeBoundError};
 use record::Field;
-pub use record::{short_session, Packed, Record, RecordRef, ToPacked, DECISIONS, LEAN_KEYS};
+pub use record::{
+    short_session, Columns, Packed, Record, RecordRef, ToPacked, DECISIONS, LEAN_KEYS,
+};
 pub use retention::{RetentionConfig, RetentionReport};
 use rusqlite::{
     types::{ToSqlOutput, ValueRef},

@@ -72,6 +72,52 @@ impl Record {
     /// Checks what the store relies on: a short lowercase kind and a known
     /// decision.
     pub fn validate(&self) -> Result<(), RecordError> {
+        self.columns().validate()
+    }
+
+    /// The record's columns, borrowed.
+    pub fn columns(&self) -> Columns<'_> {
+        Columns {
+            ts_unix_ns: self.ts_unix_ns,
+            kind: &self.kind,
+            session_id: self.session_id.as_deref(),
+            conversation_id: self.conversation_id.as_deref(),
+            call_id: self.call_id.as_deref(),
+            pid: self.pid,
+            ppid: self.ppid,
+            uid: self.uid,
+            exec_id: self.exec_id.as_deref(),
+            parent_exec_id: self.parent_exec_id.as_deref(),
+            decision: self.decision.as_deref(),
+            rule: self.rule.as_deref(),
+            subject: self.subject.as_deref(),
+        }
+    }
+}
+
+/// A row's columns, borrowed: what [`Packed`] copies into its one buffer.
+/// [`Record::columns`] gives a record's; the daemon builds them straight
+/// from a typed event, without the owned strings of a [`Record`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Columns<'a> {
+    pub ts_unix_ns: i64,
+    pub kind: &'a str,
+    pub session_id: Option<&'a str>,
+    pub conversation_id: Option<&'a str>,
+    pub call_id: Option<&'a str>,
+    pub pid: Option<u32>,
+    pub ppid: Option<u32>,
+    pub uid: Option<u32>,
+    pub exec_id: Option<&'a str>,
+    pub parent_exec_id: Option<&'a str>,
+    pub decision: Option<&'a str>,
+    pub rule: Option<&'a str>,
+    pub subject: Option<&'a str>,
+}
+
+impl Columns<'_> {
+    /// See [`Record::validate`].
+    pub fn validate(&self) -> Result<(), RecordError> {
         if self.kind.is_empty() {
             return Err(RecordError::EmptyKind);
         }
@@ -81,11 +127,11 @@ impl Record {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
         {
-            return Err(RecordError::BadKind(self.kind.clone()));
+            return Err(RecordError::BadKind(self.kind.to_string()));
         }
-        if let Some(d) = &self.decision {
-            if !DECISIONS.contains(&d.as_str()) {
-                return Err(RecordError::BadDecision(d.clone()));
+        if let Some(d) = self.decision {
+            if !DECISIONS.contains(&d) {
+                return Err(RecordError::BadDecision(d.to_string()));
             }
         }
         Ok(())
@@ -198,17 +244,28 @@ impl Packed {
         r: &Record,
         payload: &P,
     ) -> Result<Packed, RecordError> {
+        Self::from_columns(&r.columns(), payload, false)
+    }
+
+    /// Validates and packs a row from its borrowed columns. With `lean`,
+    /// `payload` leaves out the [`LEAN_KEYS`], whose values must be exactly
+    /// the columns' (queries restore them from the columns).
+    pub fn from_columns<P: Serialize + ?Sized>(
+        r: &Columns<'_>,
+        payload: &P,
+        lean: bool,
+    ) -> Result<Packed, RecordError> {
         r.validate()?;
         let fields: [Option<&str>; FIELDS - 1] = [
-            Some(&r.kind),
-            r.session_id.as_deref(),
-            r.conversation_id.as_deref(),
-            r.call_id.as_deref(),
-            r.exec_id.as_deref(),
-            r.parent_exec_id.as_deref(),
-            r.decision.as_deref(),
-            r.rule.as_deref(),
-            r.subject.as_deref(),
+            Some(r.kind),
+            r.session_id,
+            r.conversation_id,
+            r.call_id,
+            r.exec_id,
+            r.parent_exec_id,
+            r.decision,
+            r.rule,
+            r.subject,
         ];
         let len: usize = fields.iter().flatten().map(|f| f.len()).sum();
         // The payload, last, is serialized straight into the buffer (room
@@ -243,20 +300,8 @@ impl Packed {
             present,
             ends,
             text,
-            lean: false,
+            lean,
         })
-    }
-
-    /// [`Packed::with_payload`] for a lean row: `payload` leaves out the
-    /// [`LEAN_KEYS`], whose values must be exactly the columns' (queries
-    /// restore them from the columns).
-    pub fn with_lean_payload<P: Serialize + ?Sized>(
-        r: &Record,
-        payload: &P,
-    ) -> Result<Packed, RecordError> {
-        let mut p = Self::with_payload(r, payload)?;
-        p.lean = true;
-        Ok(p)
     }
 
     pub(crate) fn get(&self, f: Field) -> Option<&str> {
